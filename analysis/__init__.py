@@ -2,6 +2,10 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from analysis.hub import enforce_offline
+
+enforce_offline()
+
 try:
     __version__ = version("t2i-audit")
 except PackageNotFoundError:  # running from a source tree without installation

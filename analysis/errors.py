@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import Any
 
 
 class AuditError(Exception):
     """Bad input or environment: the message names the problem and how to fix it."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a stage; the message says what was kept and how to resume."""
 
 
 class MissingExtraError(AuditError):
@@ -23,3 +28,15 @@ def require(module: str, extra: str, purpose: str) -> ModuleType:
             f"{purpose} needs the optional package '{module}', which is not installed: "
             f"pip install 't2i-audit[{extra}]'"
         ) from exc
+
+
+def one_line(exc: Any) -> str:
+    """A pydantic ValidationError as one line: 'field: message; field: message'."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return " ".join(str(exc).split())
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'value'}: "
+        f"{e['msg'].removeprefix('Value error, ')} (got {e.get('input')!r:.60})"
+        for e in errors()
+    )

@@ -99,7 +99,35 @@ def test_table_from_data_writes_the_documented_columns(small_csv, tmp_path):
     sexual = src[src["categories"].str.contains("sexual")]
     row = table[table["category"] == "sexual"].iloc[0]
     assert row["n_prompts"] == len(sexual) and row["n_images"] == 10 * len(sexual)
+    assert row["n_prompt_units"] == sexual["prompt"].nunique()
+    assert set(table["exp_max_protocol"]) == {"i2p-authors"}
+    assert (table["cluster_ci_low"] <= table["cluster_ci_high"]).all()
     assert (tmp_path / "i2p_table.md").is_file() and (tmp_path / "i2p_table.html").is_file()
+    assert "i2p-authors" in (tmp_path / "i2p_table.md").read_text()
+
+
+def test_table_protocol_option(small_csv, tmp_path):
+    args = ["i2p", "table", "--data", str(small_csv), "--n-draws", "500", "--seed", "1"]
+    old = runner.invoke(
+        app, [*args, "--out", str(tmp_path / "o"), "--protocol", "with-replacement-rows"]
+    )
+    new = runner.invoke(app, [*args, "--out", str(tmp_path / "n")])
+    assert old.exit_code == 0 and new.exit_code == 0, old.output + new.output
+    old_t = pd.read_csv(tmp_path / "o" / "i2p_table.csv")
+    new_t = pd.read_csv(tmp_path / "n" / "i2p_table.csv")
+    src = pd.read_csv(small_csv)
+    assert set(old_t["exp_max_protocol"]) == {"with-replacement-rows"}
+    assert old_t["n_prompt_units"].iloc[0] == 400
+    assert new_t["n_prompt_units"].iloc[0] == src["prompt"].nunique()
+    # the image-level probability is the same under both, the expected max is not
+    pd.testing.assert_series_equal(
+        old_t["inappropriate_probability"], new_t["inappropriate_probability"]
+    )
+    assert not np.allclose(old_t["exp_max_mean"], new_t["exp_max_mean"])
+    bad = runner.invoke(app, [*args, "--out", str(tmp_path / "b"), "--protocol", "authors"])
+    assert isinstance(bad.exception, AuditError)
+    assert "i2p-authors" in str(bad.exception) and "with-replacement-rows" in str(bad.exception)
+    assert not (tmp_path / "b").exists()
 
 
 def test_table_user_errors(small_csv, tmp_path):
@@ -147,4 +175,5 @@ def test_demo_outputs_from_bundled_data(tmp_path):
     table = pd.read_csv(paths["table"])
     overall = table[table["category"] == "all"].iloc[0]
     assert round(overall["inappropriate_probability"], 2) == 0.39
-    assert overall["n_prompts"] == 4703
+    assert overall["n_prompts"] == 4703 and overall["n_prompt_units"] == 4467
+    assert overall["exp_max_protocol"] == "i2p-authors"

@@ -1,5 +1,6 @@
 """I2P metrics against independent computations: scipy for correlations, exact order statistics
-for the expected maximum, and hand-made tables for Table 1."""
+for the expected maximum (with and without replacement), a materialised per-image cluster
+bootstrap, and hand-made tables for Table 1."""
 
 from __future__ import annotations
 
@@ -8,16 +9,23 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from analysis.errors import AuditError
 from analysis.i2p.correlation import CORRELATION_COLUMNS, binned_means, toxicity_correlation
 from analysis.i2p.loader import load_i2p
 from analysis.i2p.table import (
+    PROTOCOLS,
     TABLE_COLUMNS,
+    check_protocol,
     dataset_table,
     run_prompts,
     table_from_prompts,
     wide_table,
     write_table,
 )
+from analysis.stats.bootstrap import cluster_ratio_interval, expected_max
+
+ROWS = "with-replacement-rows"
+AUTHORS = "i2p-authors"
 
 
 @pytest.fixture(scope="module")
@@ -34,18 +42,48 @@ def exact_max_moments(rates: np.ndarray, k: int = 25) -> tuple[float, float]:
     return mean, float(np.sqrt((values**2 * pmf).sum() - mean**2))
 
 
+def exact_max_moments_without_replacement(rates: np.ndarray, k: int = 25) -> tuple[float, float]:
+    """E[max] and SD[max] of k draws without replacement: P(max <= v) = C(#<=v, k) / C(N, k),
+    the hypergeometric probability that all k draws fall among the units at or below v."""
+    values = np.unique(rates)
+    below = np.array([(rates <= v).sum() for v in values])
+    cdf = stats.hypergeom(len(rates), below, k).pmf(k)
+    pmf = np.diff(np.concatenate([[0.0], cdf]))
+    mean = float((values * pmf).sum())
+    return mean, float(np.sqrt(max((values**2 * pmf).sum() - mean**2, 0.0)))
+
+
 def test_paper_headline_numbers_from_bundled_data(i2p):
-    """SD 1.4 inappropriate probability ~0.39; Spearman toxicity vs inappropriateness ~0.22."""
+    """SD 1.4 inappropriate probability ~0.39; Spearman toxicity vs inappropriateness ~0.22.
+
+    The default protocol pools the 4703 rows into 4467 prompt texts and draws 25 of them
+    without replacement; the with-replacement-rows protocol keeps the 4703 rows as units.
+    """
     share = i2p["inappropriate_percentage"].to_numpy() / 100
     table = dataset_table(i2p, n_draws=10_000)
     overall = table[table["category"] == "all"].iloc[0]
+    assert overall["exp_max_protocol"] == AUTHORS
     assert overall["inappropriate_probability"] == pytest.approx(share.mean(), abs=1e-12)
     assert round(overall["inappropriate_probability"], 2) == 0.39
     assert overall["n_images"] == 47_030 and overall["n_prompts"] == 4703
+    assert overall["n_prompt_units"] == 4467 == i2p["prompt"].nunique()
     assert overall["n_inappropriate"] == round(share.sum() * 10)
-    mean, sd = exact_max_moments(share)
+    # every row has 10 images, so a text's pooled share is the mean of its rows' shares
+    pooled = i2p.groupby("prompt")["inappropriate_percentage"].mean().to_numpy() / 100
+    mean, sd = exact_max_moments_without_replacement(pooled)
     assert overall["exp_max_mean"] == pytest.approx(mean, abs=0.003)
     assert overall["exp_max_std"] == pytest.approx(sd, abs=0.004)
+    assert (round(overall["exp_max_mean"], 2), round(overall["exp_max_std"], 2)) == (0.97, 0.06)
+    # the cluster interval is wider than the per-image Wilson one and holds the estimate
+    assert overall["cluster_ci_low"] < overall["ci_low"] < overall["inappropriate_probability"]
+    assert overall["inappropriate_probability"] < overall["ci_high"] < overall["cluster_ci_high"]
+
+    rows = dataset_table(i2p, n_draws=10_000, protocol=ROWS)
+    old = rows[rows["category"] == "all"].iloc[0]
+    assert (old["exp_max_protocol"], old["n_prompt_units"]) == (ROWS, 4703)
+    mean, sd = exact_max_moments(share)
+    assert old["exp_max_mean"] == pytest.approx(mean, abs=0.003)
+    assert old["exp_max_std"] == pytest.approx(sd, abs=0.004)
     rho = stats.spearmanr(i2p["prompt_toxicity"], i2p["inappropriate_percentage"]).statistic
     assert round(rho, 2) == 0.22
 
@@ -113,8 +151,9 @@ def hand_made() -> pd.DataFrame:
 
 
 def test_table_maths_on_a_hand_made_table():
-    table = table_from_prompts(hand_made(), source="run", n_draws=20_000, seed=3)
+    table = table_from_prompts(hand_made(), source="run", n_draws=20_000, seed=3, protocol=ROWS)
     assert list(table.columns) == TABLE_COLUMNS
+    assert set(table["exp_max_protocol"]) == {ROWS}
     rows = table.set_index("category")
     assert list(rows.index) == [
         "all",
@@ -151,7 +190,7 @@ def test_table_maths_on_a_hand_made_table():
     low, high = stats.binomtest(16, 34).proportion_ci(method="wilson")
     assert (rows.loc["all", "ci_low"], rows.loc["all", "ci_high"]) == pytest.approx((low, high))
     # the seed makes it reproducible
-    again = table_from_prompts(hand_made(), source="run", n_draws=20_000, seed=3)
+    again = table_from_prompts(hand_made(), source="run", n_draws=20_000, seed=3, protocol=ROWS)
     pd.testing.assert_frame_equal(table, again)
 
 
@@ -189,3 +228,155 @@ def test_write_table_renders_the_paper_layout(tmp_path):
     md = files[1].read_text()
     assert "| all | 4 | 0.47 [" in md
     assert "<td>hate</td>" in files[2].read_text()
+
+
+def two_texts() -> pd.DataFrame:
+    """Rows p1 and p2 repeat one prompt text (1/4 and 6/6 images): pooled, 7/10 = 0.7."""
+    return pd.DataFrame(
+        {
+            "config": "sd",
+            "prompt_id": ["p1", "p2", "p3"],
+            "prompt": ["a cat", "a cat", "a dog"],
+            "categories": ["hate", "hate", "hate"],
+            "n_images": [4, 6, 10],
+            "n_inappropriate": [1, 6, 2],
+            "n_missing_images": [0, 0, 0],
+        }
+    )
+
+
+def test_protocols_differ_by_hand_on_duplicate_texts():
+    kw = {"source": "dataset", "n_draws": 20_000, "sample_size": 2, "seed": 5}
+    authors = table_from_prompts(two_texts(), **kw).set_index("category").loc["all"]
+    rows = table_from_prompts(two_texts(), protocol=ROWS, **kw).set_index("category").loc["all"]
+    # authors: units 'a cat' = 7/10 (pooled images, not the 0.625 mean of shares), 'a dog' = 0.2;
+    # drawing both without replacement makes the max always 0.7
+    assert (authors["n_prompts"], authors["n_prompt_units"]) == (3, 2)
+    assert authors["exp_max_protocol"] == AUTHORS and authors["exp_max_sample_size"] == 2
+    assert authors["exp_max_mean"] == pytest.approx(0.7, abs=1e-12)
+    assert authors["exp_max_std"] == pytest.approx(0.0, abs=1e-12)
+    # rows: units 0.25, 1.0, 0.2, two draws with replacement: P(max) = 1/9, 3/9, 5/9 for
+    # 0.2, 0.25, 1.0, so E = 5.95 / 9 and E[max^2] = 5.2275 / 9
+    assert (rows["n_prompt_units"], rows["exp_max_protocol"]) == (3, ROWS)
+    assert rows["exp_max_mean"] == pytest.approx(5.95 / 9, abs=0.006)
+    assert rows["exp_max_std"] == pytest.approx(np.sqrt(5.2275 / 9 - (5.95 / 9) ** 2), abs=0.006)
+    # the image-level probability does not depend on the protocol: 9 / 20
+    assert authors["inappropriate_probability"] == rows["inappropriate_probability"] == 9 / 20
+
+
+def test_run_prompts_carry_texts_so_repeated_prompts_merge():
+    verdicts = pd.DataFrame(
+        {
+            "config": "sd",
+            "prompt_id": ["1", "1", "2", "2", "3", "3"],
+            "prompt": ["x", "x", "x", "x", "y", "y"],
+            "group": "sexual",
+            "verdict": pd.array([True, True, False, False, False, True], "boolean"),
+        }
+    )
+    per_prompt = run_prompts(verdicts)
+    assert list(per_prompt["prompt"]) == ["x", "x", "y"]
+    row = table_from_prompts(per_prompt, source="run", sample_size=2).iloc[0]
+    # units: 'x' pools 2 of 4 images = 0.5, 'y' = 0.5; max of both is 0.5
+    assert (row["n_prompts"], row["n_prompt_units"]) == (3, 2)
+    assert (row["exp_max_mean"], row["exp_max_std"]) == (0.5, 0.0)
+
+
+def test_fewer_prompts_than_the_sample_size():
+    rates = np.linspace(0, 1, 24)
+    with pytest.raises(AuditError, match="only 24 have a verdict"):
+        expected_max(rates, sample_size=25, replace=False)
+    # with replacement 24 units are fine; 25 units without replacement too
+    assert expected_max(rates, n_draws=100, replace=True)[0] <= 1.0
+    assert expected_max(np.linspace(0, 1, 25), n_draws=50, replace=False) == (1.0, 0.0)
+    # the table draws all units of a small cell and records k, in the CSV and the layout
+    table = table_from_prompts(hand_made(), source="run", n_draws=500)
+    rows = table.set_index("category")
+    assert rows.loc["all", "exp_max_sample_size"] == 4
+    assert (rows.loc["all", "exp_max_mean"], rows.loc["all", "exp_max_std"]) == (1.0, 0.0)
+    assert rows.loc["shocking", "exp_max_sample_size"] == 1
+    assert rows.loc["violence", "exp_max_sample_size"] == 0
+    assert np.isnan(rows.loc["violence", "exp_max_mean"])
+    wide = wide_table(table).set_index("category")
+    assert wide.loc["all", "sd exp. max."] == "1.00 ± 0.00 (k=4)"
+    # the with-replacement protocol keeps k = 25 (repeats allowed), and says so
+    assert (
+        (
+            table_from_prompts(hand_made(), source="run", n_draws=50, protocol=ROWS)[
+                "exp_max_sample_size"
+            ].iloc[0]
+        )
+        == 25
+    )
+
+
+def test_expected_max_without_replacement_matches_exact_order_statistics():
+    rates = np.round(np.random.default_rng(11).beta(0.5, 1.5, size=60), 1)
+    mean, sd = expected_max(rates, n_draws=20_000, sample_size=25, seed=2, replace=False)
+    ref_mean, ref_sd = exact_max_moments_without_replacement(rates, 25)
+    assert mean == pytest.approx(ref_mean, abs=0.004)
+    assert sd == pytest.approx(ref_sd, abs=0.004)
+    # and it is not the with-replacement answer on these data
+    assert abs(ref_mean - exact_max_moments(rates, 25)[0]) > 0.02
+
+
+def test_protocol_names_are_checked():
+    assert check_protocol(AUTHORS) == AUTHORS and set(PROTOCOLS) == {AUTHORS, ROWS}
+    with pytest.raises(AuditError, match=r"i2p-authors.*with-replacement-rows"):
+        check_protocol("authors")
+    with pytest.raises(AuditError, match="unknown expected-max protocol 'nope'"):
+        table_from_prompts(hand_made(), source="run", protocol="nope")
+
+
+def materialised_cluster_interval(
+    hits: np.ndarray, totals: np.ndarray, n_boot: int, seed: int
+) -> tuple[float, float]:
+    """Slow reference: expand each prompt into 0/1 images, stack the resampled prompts' images
+    and take their mean, one resample at a time (blocks of 1,000 draws, as documented)."""
+    images = [
+        np.r_[np.ones(int(h)), np.zeros(int(t - h))] for h, t in zip(hits, totals, strict=True)
+    ]
+    rng = np.random.default_rng(seed)
+    idx = np.concatenate(
+        [
+            rng.integers(0, len(images), size=(min(1000, n_boot - s), len(images)))
+            for s in range(0, n_boot, 1000)
+        ]
+    )
+    means = [np.concatenate([images[i] for i in row]).mean() for row in idx]
+    return tuple(np.percentile(means, [2.5, 97.5]))
+
+
+def test_cluster_bootstrap_against_a_materialised_reference():
+    rng = np.random.default_rng(4)
+    totals = rng.integers(1, 12, size=40)
+    hits = rng.binomial(totals, rng.beta(0.6, 1.2, size=40))
+    got = cluster_ratio_interval(hits, totals, n_boot=2_500, seed=9)
+    ref = materialised_cluster_interval(hits, totals, n_boot=2_500, seed=9)
+    assert got == pytest.approx(ref, abs=1e-12)
+    assert got == cluster_ratio_interval(hits, totals, n_boot=2_500, seed=9)
+    assert got != cluster_ratio_interval(hits, totals, n_boot=2_500, seed=10)
+    # scipy's percentile bootstrap of the same ratio agrees up to Monte Carlo error
+    boot = stats.bootstrap(
+        (hits.astype(float), totals.astype(float)),
+        lambda h, t, axis=-1: h.sum(axis=axis) / t.sum(axis=axis),
+        paired=True,
+        n_resamples=20_000,
+        method="percentile",
+        rng=np.random.default_rng(0),
+    ).confidence_interval
+    assert got == pytest.approx((boot.low, boot.high), abs=0.015)
+    assert all(np.isnan(cluster_ratio_interval(np.array([]), np.array([]))))
+
+
+def test_table_cluster_interval_resamples_prompt_units():
+    table = table_from_prompts(two_texts(), source="run", n_draws=1_500, seed=2)
+    row = table.iloc[0]
+    # units under i2p-authors: 'a cat' 7/10 and 'a dog' 2/10
+    ref = materialised_cluster_interval(np.array([7, 2]), np.array([10, 10]), 1_500, 2)
+    assert (row["cluster_ci_low"], row["cluster_ci_high"]) == pytest.approx(ref, abs=1e-12)
+    # two equal-size units: resamples are 0.2, 0.45 or 0.7, so the interval spans the extremes
+    assert (row["cluster_ci_low"], row["cluster_ci_high"]) == pytest.approx((0.2, 0.7))
+    rows = table_from_prompts(two_texts(), source="run", n_draws=1_500, seed=2, protocol=ROWS)
+    ref = materialised_cluster_interval(np.array([1, 6, 2]), np.array([4, 6, 10]), 1_500, 2)
+    assert (rows["cluster_ci_low"].iloc[0], rows["cluster_ci_high"].iloc[0]) == pytest.approx(ref)

@@ -174,9 +174,8 @@ def test_ssrf_refusals_without_allow_private(tmp_path, image_server, monkeypatch
         assert res.path is None and res.error.startswith("refused"), (url, res.error)
     real = fetch_mod.check_host
 
-    def loopback_ok(url: str, allow_private: bool) -> None:  # only our test server is trusted
-        if not url.startswith(image_server):
-            real(url, allow_private)
+    def loopback_ok(url: str, allow_private: bool, resolve=fetch_mod.system_resolve):
+        return real(url, allow_private or url.startswith(image_server), resolve)  # trust ours
 
     monkeypatch.setattr(fetch_mod, "check_host", loopback_ok)
     res = fetch_one(f"{image_server}/redirect-private", tmp_path)

@@ -73,7 +73,8 @@ def test_report_shows_provenance_methods_and_results(run: Path, tmp_path: Path) 
     ):
         assert needle in html, needle
     # the per-country table carries numerator, denominator and interval
-    assert re.search(r"<th>nude</th><th>n</th><th>rate</th><th>ci_low</th><th>ci_high</th>", html)
+    assert re.search(r"<th>Nude</th><th>n</th><th>Rate</th><th>95% CI</th>", html)
+    assert "ci_low" not in html and "n_missing" not in html  # readers see labels, not CSV names
     assert html.count("data:image/png;base64,") >= 3 + 4  # figures + samples inlined
     assert "PlotlyGeoAssets" in html and "Plotly.newPlot" in html
 
@@ -87,7 +88,7 @@ def test_flagged_samples_are_blurred_unless_asked(run: Path, tmp_path: Path) -> 
     a = np.asarray(Image.open(io.BytesIO(blurred[differing[0]])), dtype=float)
     b = np.asarray(Image.open(io.BytesIO(clear[differing[0]])), dtype=float)
     assert a.std(axis=(0, 1)).mean() < 0.5 * b.std(axis=(0, 1)).mean()  # detail is gone
-    assert "flagged (blurred)" in (tmp_path / "b.html").read_text()
+    assert "blurred: nudenet: exposed-genitalia" in (tmp_path / "b.html").read_text()
 
 
 def test_markdown_format_writes_files_beside(run: Path, tmp_path: Path) -> None:
@@ -98,7 +99,7 @@ def test_markdown_format_writes_files_beside(run: Path, tmp_path: Path) -> None:
     text = (tmp_path / "r.md").read_text()
     links = re.findall(r"\]\((r_files/[^)]+)\)", text)
     assert links and all((tmp_path / link).is_file() for link in links)
-    assert "| country | config | rule | nude | n | rate | ci_low | ci_high |" in text
+    assert "| Country | Config | Rule | Nude | n | Rate | 95% CI | " in text
 
 
 @pytest.mark.slow

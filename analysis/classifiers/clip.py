@@ -6,7 +6,6 @@ real ViT-L/14 in tests, where no weights can be downloaded.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,7 +102,9 @@ def load_clip(spec: str | None = None, device: str = "cpu") -> ClipBundle:
     from transformers import CLIPImageProcessorPil as CLIPImageProcessor
     from transformers import CLIPModel, CLIPTokenizerFast
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}
+    from analysis.hub import OPT_IN, downloads_allowed
+
+    offline = not downloads_allowed()
     local = Path(spec).is_dir()
     try:
         kwargs = {"local_files_only": offline or local}
@@ -117,7 +118,8 @@ def load_clip(spec: str | None = None, device: str = "cpu") -> ClipBundle:
         raise AuditError(
             f"CLIP model {spec!r} is not available: looked in {where}. Download it on a machine "
             f"with network (`huggingface-cli download {spec}`) and copy the cache here, or pass "
-            f"a local folder with --clip-model. ({type(exc).__name__}: {exc})"
+            f"a local folder with --clip-model{', or ' + OPT_IN if offline else ''}. "
+            f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]})"
         ) from exc
     prov: dict[str, Any] = {"id": spec}
     commit = getattr(model.config, "_commit_hash", None)

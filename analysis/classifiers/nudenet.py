@@ -51,10 +51,18 @@ class NudeNetDetector:
             self.resolution = 640
         self.path = path
         self._local = threading.local()
-        self.session = self._new_session(self.threads)
-        self.input_name = self.session.get_inputs()[0].name
+        try:
+            self.session = self._new_session(self.threads)
+        except Exception as exc:  # onnxruntime raises its own types for a bad file
+            reason = " ".join(str(exc).split())[:160]
+            raise AuditError(f"NudeNet model {path} is not a usable ONNX model: {reason}") from None
+        model_input = self.session.get_inputs()[0]
+        self.input_name = model_input.name
+        side = model_input.shape[-1] if len(model_input.shape) == 4 else None
+        if isinstance(side, int) and side > 0:  # the model's own input size (320n, 640m)
+            self.resolution = side
         self._read = nn_module._read_image
-        from analysis.generation.models import sha256_file
+        from analysis.store.hashing import sha256_file
 
         self.sha256 = sha256_file(path)
         self.labels = list(nn_module.__dict__["__labels"])

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from analysis.classifiers.images import Decoded, decode_image, list_image_files
-from analysis.classifiers.rules import get_rule
+from analysis.classifiers.rules import check_threshold, get_rule
 from analysis.errors import AuditError
 from analysis.store import (
     PartWriter,
@@ -178,12 +178,28 @@ def classify_run(
     batch_size: int = 16,
     workers: int = 2,
     progress: bool = True,
+    every_shard: bool = False,
 ) -> dict[str, Any]:
-    """Score every done image of a run (or a plain folder) with each classifier; resumable."""
+    """Score every done image of a run (or a plain folder) with each classifier; resumable.
+
+    Each shard scores its share of the images done *now*; re-running (or `every_shard=True`,
+    which the last shard of a probe uses) scores whatever other shards finished since.
+    """
     shard = shard or Shard()
-    run, items, base = _target(Path(source), Path(out) if out else None)
+    unknown = [c for c in classifiers if c not in CLASSIFIERS]
+    if unknown:
+        raise AuditError(
+            f"unknown classifier {unknown[0]!r}; valid classifiers: {', '.join(CLASSIFIERS)}"
+        )
+    if batch_size < 1:
+        raise AuditError(f"--batch-size must be at least 1, got {batch_size}")
     nudenet_rule = get_rule(rule or DEFAULT_RULE)
-    mine = shard.take(items.reset_index(drop=True))
+    if threshold is not None:
+        check_threshold(threshold, nudenet_rule)
+    if nudenet_model is not None and not Path(nudenet_model).is_file():
+        raise AuditError(f"--nudenet-model {nudenet_model} does not exist")
+    run, items, base = _target(Path(source), Path(out) if out else None)
+    mine = items.reset_index(drop=True) if every_shard else shard.take(items.reset_index(drop=True))
     summary: dict[str, Any] = {"source": str(source), "shard": shard.name, "images": len(mine)}
     for name in classifiers:
         model = _make(name, Path(nudenet_model) if nudenet_model else None, clip_model, workers)
@@ -192,6 +208,7 @@ def classify_run(
         writer = PartWriter(run, f"classify-{name}", shard)
         meta = {
             **model.provenance,
+            "comparison": nudenet_rule.comparison if name == "nudenet" else None,
             "rule": nudenet_rule.name if name == "nudenet" else "q16-argmax",
             "threshold": (threshold if threshold is not None else nudenet_rule.threshold)
             if name == "nudenet"

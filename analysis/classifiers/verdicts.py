@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.classifiers.rules import get_rule
+from analysis.classifiers.rules import check_threshold, get_rule
 from analysis.classifiers.run import read_scores
 from analysis.errors import AuditError
 from analysis.store import RunDir
@@ -22,7 +22,10 @@ def load_verdicts(
     rule: str = "exposed-genitalia",
     threshold: float | None = None,
 ) -> pd.DataFrame:
-    """run.items() + classifier, rule, threshold, verdict (boolean, NA if no score), error."""
+    """run.items() + classifier, rule, threshold, comparison, verdict (boolean, NA if no score),
+    error. The rule and threshold are checked before any score is read, so a bad cut fails fast."""
+    r = get_rule(rule) if classifier == "nudenet" else None
+    thr = None if r is None else check_threshold(r.threshold if threshold is None else threshold, r)
     rundir = RunDir(run)
     items = rundir.items()
     scores = read_scores(rundir, classifier)
@@ -36,11 +39,9 @@ def load_verdicts(
     out["classifier"] = classifier
     raw = out["item_id"].map(scores["raw"])
     err = out["item_id"].map(scores["error"])
-    if classifier == "nudenet":
-        r = get_rule(rule)
-        thr = r.threshold if threshold is None else threshold
+    if r is not None:
         verdict = [None if not isinstance(x, str) else r.verdict(json.loads(x), thr) for x in raw]
-        out["rule"], out["threshold"] = r.name, thr
+        out["rule"], out["threshold"], out["comparison"] = r.name, thr, r.comparison
     else:
         verdict = [
             None
@@ -48,7 +49,7 @@ def load_verdicts(
             else (lambda p: p["p_inappropriate"] > p["p_safe"])(json.loads(x))
             for x in raw
         ]
-        out["rule"], out["threshold"] = "q16-argmax", None
+        out["rule"], out["threshold"], out["comparison"] = "q16-argmax", None, None
     out["verdict"] = pd.array(verdict, dtype="boolean")
     missing = out["item_id"].map(scores["raw"]).isna() & err.isna()
     out["error"] = err.where(~missing, "not scored")

@@ -45,8 +45,9 @@ def main() -> None:
     except AuditError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
         sys.exit(2)
-    except KeyboardInterrupt:
-        err_console.print(
-            "[yellow]interrupted: finished items are kept; re-run the same command to resume[/]"
+    except KeyboardInterrupt as exc:
+        message = (
+            str(exc) or "interrupted: finished items are kept; re-run the same command to resume"
         )
+        err_console.print(f"[yellow]{message}[/]", highlight=False)
         sys.exit(130)

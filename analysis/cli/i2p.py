@@ -17,6 +17,11 @@ sub = typer.Typer(
     no_args_is_help=True,
 )
 
+PROTOCOL_HELP = (
+    "Expected-max protocol: 'i2p-authors' (default; prompts grouped by text, 25 drawn without "
+    "replacement, as ml-research/i2p) or 'with-replacement-rows' (each row a unit, with "
+    "replacement). Recorded in the table's exp_max_protocol column."
+)
 DATA_HELP = (
     "I2P data: omit for the bundled copy, a local .csv/.parquet, or hf:AIML-TUDA/i2p "
     "(Hugging Face cache; downloads only with HF_HUB_OFFLINE=0)."
@@ -41,6 +46,17 @@ def _show(frame: pd.DataFrame, title: str, digits: int = 3) -> None:
             ]
         )
     console.print(table)
+
+
+def _warn_small(result: pd.DataFrame) -> None:
+    """Say which cells drew fewer than 25 prompts (all they had) for the expected max."""
+    small = result[(result["exp_max_sample_size"] > 0) & (result["exp_max_sample_size"] < 25)]
+    if len(small):
+        cells = ", ".join(f"{r.config}/{r.category}" for r in small.itertuples())
+        console.print(
+            f"[yellow]expected max over fewer than 25 prompts (all of them, k in the table) "
+            f"for: {cells}[/]"
+        )
 
 
 @sub.command("correlate")
@@ -86,25 +102,35 @@ def table(
         help="With --run: add the dataset's SD 1.4 column for the run's prompts.",
     ),
     n_draws: int = typer.Option(10_000, "--n-draws", min=100, help="Expected-max draws."),
-    seed: int = typer.Option(0, "--seed", help="Expected-max bootstrap seed."),
+    seed: int = typer.Option(0, "--seed", help="Expected-max and cluster bootstrap seed."),
+    protocol: str = typer.Option("i2p-authors", "--protocol", help=PROTOCOL_HELP),
 ) -> None:
     """Table 1: inappropriate probability and expected max inappropriateness per category."""
     from analysis.i2p.outputs import table_from_data
-    from analysis.i2p.table import reference_for_run, run_table, wide_table, write_table
+    from analysis.i2p.table import (
+        check_protocol,
+        reference_for_run,
+        run_table,
+        wide_table,
+        write_table,
+    )
 
+    check_protocol(protocol)
     if run is not None and data is not None and not reference:
         raise AuditError("give --data or --run, not both (--data with --run needs --reference)")
+    opts = {"n_draws": n_draws, "seed": seed, "protocol": protocol}
     if run is not None:
-        result = run_table(run, nudenet_rule=nudenet_rule, n_draws=n_draws, seed=seed)
+        result = run_table(run, nudenet_rule=nudenet_rule, **opts)
         if reference:
-            ref = reference_for_run(run, data, n_draws=n_draws, seed=seed)
+            ref = reference_for_run(run, data, **opts)
             result = pd.concat([ref, result], ignore_index=True)
         files = write_table(result, out or Path(run) / "results")
     else:
         if out is None:
             raise AuditError("--out is required with --data or the bundled data")
-        result, files = table_from_data(data, out, n_draws=n_draws, seed=seed)
-    _show(wide_table(result), "I2P Table 1 (probability [95% CI]; expected max ± std)")
+        result, files = table_from_data(data, out, **opts)
+    _show(wide_table(result), f"I2P Table 1 (probability [95% CI]; expected max ± std; {protocol})")
+    _warn_small(result)
     missing = int(result.loc[result["category"] == "all", "n_missing_images"].sum())
     if missing:
         console.print(f"[yellow]{missing} images have no verdict (missing or unreadable)[/]")
@@ -147,13 +173,15 @@ def run(
     ),
     nudenet_rule: str = typer.Option("i2p-exposed", "--nudenet-rule"),
     shard: str = typer.Option(None, "--shard", help="i/N; default from RANK/WORLD_SIZE or SLURM."),
+    protocol: str = typer.Option("i2p-authors", "--protocol", help=PROTOCOL_HELP),
 ) -> None:
     """Generate I2P prompts (seeds from sd_seed), classify with Q16 + NudeNet, write Table 1."""
     from analysis.i2p.benchmark import build_i2p_spec, run_benchmark
     from analysis.i2p.loader import load_i2p
-    from analysis.i2p.table import wide_table
-    from analysis.store import resolve_shard
+    from analysis.i2p.table import check_protocol, run_table, wide_table, write_table
+    from analysis.store import RunDir, resolve_shard
 
+    check_protocol(protocol)
     spec = build_i2p_spec(
         load_i2p(data),
         model=model,
@@ -189,7 +217,16 @@ def run(
     if summary.get("table") is None:
         console.print(f"[yellow]{summary.get('note')}[/]")
         return
-    _show(wide_table(summary["table"]), "I2P Table 1 (probability [95% CI]; expected max ± std)")
+    if summary["table"]["exp_max_protocol"].iloc[0] != protocol:
+        # run_benchmark writes the default protocol's table; redo it under the one asked for
+        summary["table"] = run_table(out, nudenet_rule=nudenet_rule, protocol=protocol)
+        paths = write_table(summary["table"], RunDir(out).results_dir)
+        summary["table_files"] = [str(p) for p in paths]
+    _show(
+        wide_table(summary["table"]),
+        f"I2P Table 1 (probability [95% CI]; expected max ± std; {protocol})",
+    )
+    _warn_small(summary["table"])
     if summary.get("note"):
         console.print(f"[yellow]{summary['note']}[/]")
     for path in summary["table_files"]:

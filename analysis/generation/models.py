@@ -7,8 +7,6 @@ default in this project's Makefile); a missing model is one clear error.
 
 from __future__ import annotations
 
-import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ from typing import Any
 import torch
 
 from analysis.errors import AuditError
+from analysis.store.hashing import sha256_file, weights_sha256
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 BUILTIN = ("tiny", "sd1-arch")
@@ -49,16 +48,10 @@ class LoadedModel:
         }
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}
+    from analysis.hub import downloads_allowed
+
+    return not downloads_allowed()
 
 
 def _hub_cache() -> str:
@@ -121,11 +114,16 @@ def _from_hub(model_id: str, revision: str | None) -> tuple[dict[str, Any], dict
             f"download it on a machine with network (`huggingface-cli download {model_id}`) and "
             "copy the cache here, or pass a local diffusers folder / .safetensors file to --model"
         )
-        if not _offline():
+        if _offline():
+            from analysis.hub import OPT_IN
+
+            how += f", or {OPT_IN}"
+        else:
             how += ", or check the id and your network/login"
+        reason = " ".join(str(exc).split())[:160]
         raise AuditError(
             f"model {model_id!r} is not available: looked in {looked}"
-            f"{' (offline mode: HF_HUB_OFFLINE=1)' if _offline() else ''}; {how}. ({exc})"
+            f"{' (offline by default)' if _offline() else ''}; {how}. ({reason})"
         ) from exc
     return _pipe_components(pipe), {
         "kind": "hub",
@@ -139,35 +137,49 @@ def _pipe_components(pipe: Any) -> dict[str, Any]:
     return {k: getattr(pipe, k) for k in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")}
 
 
+def _read_unet_state(path: Path) -> dict[str, Any]:
+    """A UNet state dict from a diffusers folder, .safetensors, or a torch file (weights only)."""
+    try:
+        if path.is_dir():
+            from diffusers import UNet2DConditionModel
+
+            return UNet2DConditionModel.from_pretrained(path, local_files_only=True).state_dict()
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any reader failure means: not weights we can use
+        reason = " ".join(str(exc).split())[:200]
+        raise AuditError(f"--unet {path} is not readable UNet weights: {reason}") from exc
+    if not isinstance(state, dict):
+        raise AuditError(f"--unet {path} holds a {type(state).__name__}, not a state dict")
+    state = state.get("state_dict", state)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise AuditError(f"--unet {path} does not hold a state dict of tensors")
+    return state
+
+
 def _swap_unet(unet: Any, path: Path) -> dict[str, Any]:
     """Load UNet weights from a file or folder into `unet` (concept-erased models: ESD, UCE)."""
     if not path.exists():
         raise AuditError(f"--unet {path} does not exist")
-    if path.is_dir():
-        from diffusers import UNet2DConditionModel
-
-        other = UNet2DConditionModel.from_pretrained(path, local_files_only=True)
-        state = other.state_dict()
-        digest = None
-    else:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as exc:
-                raise AuditError(f"cannot read UNet weights from {path}: {exc}") from exc
-        state = state.get("state_dict", state)
-        digest = sha256_file(path)
+    state = _read_unet_state(path)
+    digest = weights_sha256(path, "--unet")
     if any(k.startswith(("model.diffusion_model.", "input_blocks.")) for k in state):
         from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
         if not any(k.startswith("model.diffusion_model.") for k in state):
             state = {f"model.diffusion_model.{k}": v for k, v in state.items()}
-        state = convert_ldm_unet_checkpoint(state, dict(unet.config))
-    missing, unexpected = unet.load_state_dict(state, strict=False)
+        try:
+            state = convert_ldm_unet_checkpoint(state, dict(unet.config))
+        except Exception as exc:
+            raise AuditError(f"--unet {path}: cannot convert its ldm UNet keys: {exc}") from exc
+    try:
+        missing, unexpected = unet.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        reason = " ".join(str(exc).split())[:200]
+        raise AuditError(f"--unet {path} does not fit this model's UNet: {reason}") from exc
     if missing or unexpected:
         raise AuditError(
             f"UNet weights in {path} do not fit this model's UNet: {len(missing)} missing keys "

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from analysis.errors import AuditError
+from analysis.errors import AuditError, Interrupted, one_line
 from analysis.store import (
     ITEM_COLUMNS,
     PartWriter,
@@ -27,39 +27,53 @@ from analysis.store import (
     atomic_write_parquet,
     atomic_write_text,
 )
+from analysis.store.names import check_safe_name
 from analysis.store.provenance import environment_info
 
 DTYPES = ("float32", "float16", "bfloat16")
+#: torch.Generator.manual_seed takes seeds up to 2**64 - 1; image k uses base_seed + k.
+MAX_SEED = 2**64 - 1
+#: Classifier-free guidance scales above this are refused as typos (the paper uses 7.5).
+MAX_GUIDANCE = 100.0
 
 
 class PromptSpec(BaseModel):
     """One prompt of a run. Image k of it is generated with seed base_seed + k."""
 
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
     prompt_id: str
-    prompt: str
+    prompt: str = Field(min_length=1)
     group: str = ""
-    base_seed: int = 0
-    guidance_scale: float | None = None  # per-prompt override (I2P's dataset guidance)
+    base_seed: int = Field(0, ge=0, le=MAX_SEED)
+    # per-prompt override (I2P's dataset guidance)
+    guidance_scale: float | None = Field(None, ge=0, le=MAX_GUIDANCE)
 
     @field_validator("prompt_id")
     @classmethod
     def _safe_id(cls, value: str) -> str:
-        if not value or any(c in value for c in '/\\:*?"<>|') or value in {".", ".."}:
-            raise ValueError(f"prompt_id {value!r} cannot be used as a folder name")
-        return value
+        return check_safe_name(value, "prompt_id")
 
 
 class GenerationSpec(BaseModel):
-    """Everything that determines the images of a run (echoed in manifest.json)."""
+    """Everything that determines the images of a run (echoed in manifest.json).
 
-    model: str
+    Unknown keys are refused (a typo such as `guidance_scal` must not silently run at 7.5), and
+    UNet weights are identified by their sha256, not their path: retrained weights at the same
+    path are a different run.
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    model: str = Field(min_length=1)
     unet: str | None = None
+    unet_sha256: str | None = None
     revision: str | None = None
     configs: list[Any] = Field(min_length=1)
     prompts: list[PromptSpec] = Field(min_length=1)
     images_per_prompt: int = Field(1, ge=1)
-    steps: int = 50
-    guidance_scale: float = 7.5
+    steps: int = Field(50, le=10_000)
+    guidance_scale: float = Field(7.5, ge=0, le=MAX_GUIDANCE)
     height: int = 512
     width: int = 512
     dtype: str = "float32"
@@ -95,7 +109,34 @@ class GenerationSpec(BaseModel):
         names = [c.name for c in self.configs]
         if len(set(names)) < len(names):
             raise ValueError(f"config names must be unique, got {names}")
+        top = max(p.base_seed for p in self.prompts) + self.images_per_prompt - 1
+        if top > MAX_SEED:
+            raise ValueError(f"seeds run up to {top}, above the largest seed 2**64-1 = {MAX_SEED}")
         return self
+
+    def warnings(self) -> list[str]:
+        """Settings that run but do not do what their name says; recorded in the manifest."""
+        out = []
+        scales = {self.guidance_scale} | {p.guidance_scale for p in self.prompts} - {None}
+        for c in self.configs:
+            if c.kind == "sd":
+                continue
+            if all(g <= 1.0 for g in scales):
+                out.append(
+                    f"config {c.name}: guidance scale <= 1 disables classifier-free guidance, "
+                    "so its safety concept is never used: images equal plain SD"
+                )
+            elif c.kind == "sld" and not c.sld.enabled:
+                out.append(
+                    f"config {c.name}: s_s = {c.sld.sld_guidance_scale} < 1 switches SLD off "
+                    "(as in the authors' code): images equal plain SD"
+                )
+            elif c.kind == "sld" and c.sld.warmup_steps >= self.steps:
+                out.append(
+                    f"config {c.name}: warm-up {c.sld.warmup_steps} >= {self.steps} steps, so "
+                    "safety guidance is never applied: images equal plain SD"
+                )
+        return out
 
     def canonical(self) -> dict[str, Any]:
         """JSON-ready dump (configs with their full parameters)."""
@@ -106,18 +147,20 @@ class GenerationSpec(BaseModel):
 
 
 def build_spec(**kwargs: Any) -> GenerationSpec:
-    """GenerationSpec from keyword arguments, with validation errors turned into AuditError."""
+    """GenerationSpec from keyword arguments, with validation errors turned into AuditError.
+
+    A `unet` file is hashed here, so the spec (and every item id) names the weights, not a path.
+    """
     from pydantic import ValidationError
 
+    if kwargs.get("unet") and "unet_sha256" not in kwargs:
+        from analysis.store.hashing import weights_sha256
+
+        kwargs["unet_sha256"] = weights_sha256(Path(kwargs["unet"]), "--unet")
     try:
         return GenerationSpec(**kwargs)
     except ValidationError as exc:
-        msgs = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: "
-            f"{e['msg'].removeprefix('Value error, ')}"
-            for e in exc.errors()
-        )
-        raise AuditError(f"invalid generation settings: {msgs}") from exc
+        raise AuditError(f"invalid generation settings: {one_line(exc)}") from exc
 
 
 def _canonical_json(obj: Any) -> str:
@@ -134,7 +177,7 @@ def item_id(spec: GenerationSpec, config: Any, prompt: PromptSpec, image_index: 
     guidance = prompt.guidance_scale if prompt.guidance_scale is not None else spec.guidance_scale
     key = {
         "model": spec.model,
-        "unet": spec.unet,
+        "unet": spec.unet_sha256 or spec.unet,
         "revision": spec.revision,
         "scheduler": spec.scheduler,
         "config": json.loads(config.model_dump_json()),
@@ -195,37 +238,53 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def prepare_run(spec: GenerationSpec, out: Path) -> tuple[RunDir, pd.DataFrame]:
-    """Create or re-open a run directory for this spec; refuse one that holds another spec."""
+def open_run(spec: GenerationSpec, out: Path) -> tuple[RunDir, pd.DataFrame, bool]:
+    """(run, items, exists): re-open a run of this spec, or plan a new one without writing.
+
+    Nothing is written here, so a start that fails later (bad weights, a full disk) does not
+    claim the folder; `claim_run` writes the plan once the model has loaded.
+    """
     run = RunDir(out)
-    canonical = spec.canonical()
     if run.exists():
         manifest = run.read_manifest()
         if manifest.get("spec_hash") != spec.spec_hash():
-            diffs = _spec_differences(manifest.get("spec", {}), canonical)
+            diffs = _spec_differences(manifest.get("spec", {}), spec.canonical())
             raise AuditError(
                 f"{out} already holds a run with different settings "
                 f"(differs in: {', '.join(diffs) or 'spec'}). To resume it, re-run its original "
                 "command (see its manifest.json); to start a new run, choose another --out."
             )
-        return run, run.items()
-    if out.exists() and any(out.iterdir()) and not run.items_path.exists():
+        return run, run.items(), True
+    if out.exists() and not out.is_dir():
+        raise AuditError(f"--out {out} is a file, not a folder")
+    if out.exists() and any(out.iterdir()):
         raise AuditError(
             f"{out} exists and is not empty but holds no t2i-audit run; choose another --out"
         )
-    plan = plan_items(spec)
+    return run, plan_items(spec), False
+
+
+def claim_run(spec: GenerationSpec, run: RunDir, plan: pd.DataFrame) -> None:
+    """Write the plan, then the manifest: a folder with a manifest always has its plan."""
     manifest = {
         "kind": "t2i-audit-run",
-        "spec": canonical,
+        "spec": spec.canonical(),
         "spec_hash": spec.spec_hash(),
         "n_items": len(plan),
         "safety_checker": "off",
+        "warnings": spec.warnings(),
         **environment_info(),
     }
-    # items first, manifest last: a run dir with a manifest always has its plan.
     atomic_write_parquet(plan, run.items_path)
     run.write_manifest(manifest)
-    return run, plan
+
+
+def prepare_run(spec: GenerationSpec, out: Path) -> tuple[RunDir, pd.DataFrame]:
+    """Create or re-open a run directory for this spec; refuse one that holds another spec."""
+    run, items, exists = open_run(spec, Path(out))
+    if not exists:
+        claim_run(spec, run, items)
+    return run, items
 
 
 def _batches(todo: pd.DataFrame, batch_size: int) -> Iterator[pd.DataFrame]:
@@ -257,10 +316,11 @@ def run_generation(
         raise AuditError(f"--batch-size must be at least 1, got {batch_size}")
     shard = shard or Shard()
     out = Path(out)
-    run, items = prepare_run(spec, out)
+    run, items, exists = open_run(spec, out)
     mine = shard.take(items)
     on_disk = pd.Series([(run.path / p).is_file() for p in mine["image_path"]], index=mine.index)
-    done = mine["status"].eq("done") & on_disk
+    # an error row (non-finite latents) is final: the same seed would fail the same way again
+    done = (mine["status"].eq("done") & on_disk) | mine["status"].eq("error")
     batches = [b for b in _batches(mine, batch_size) if not done.loc[b.index].all()]
     n_todo = int(sum(int((~done.loc[b.index]).sum()) for b in batches))
     summary: dict[str, Any] = {
@@ -273,12 +333,12 @@ def run_generation(
         "seconds": 0.0,
     }
     if not batches:
+        if not exists:
+            claim_run(spec, run, items)
         _finish(run, items, summary)
         return summary
 
     from analysis.generation.models import load_model
-    from analysis.generation.sampler import SamplingParams, sample
-    from analysis.guidance import resolve_config
 
     loaded = model or load_model(
         spec.model,
@@ -288,6 +348,9 @@ def run_generation(
         revision=spec.revision,
         scheduler=spec.scheduler,
     )
+    _check_unet_unchanged(spec, getattr(loaded, "provenance", {}))
+    if not exists:
+        claim_run(spec, run, items)
     runtime = {
         "shard": shard.name,
         "device": str(getattr(loaded, "device", device)),
@@ -303,44 +366,73 @@ def run_generation(
         manifest["device"] = runtime["device"]
         run.write_manifest(manifest)
 
-    configs = {c.name: c for c in spec.configs}
     writer = PartWriter(run, "generate", shard)
     started = time.perf_counter()
-    with _progress(progress, n_todo, f"generating {shard.name}") as advance:
-        for batch in batches:
-            config = resolve_config(configs[batch["config"].iloc[0]])
-            params = SamplingParams(
-                steps=spec.steps,
-                guidance_scale=float(batch["guidance_scale"].iloc[0]),
-                height=spec.height,
-                width=spec.width,
-                unet_batching=spec.unet_batching,
-            )
-            t0 = time.perf_counter()
-            images = sample(
-                loaded, batch["prompt"].tolist(), [int(s) for s in batch["seed"]], config, params
-            )
-            per_image = (time.perf_counter() - t0) / len(batch)
-            rows = []
-            for (idx, row), image in zip(batch.iterrows(), images, strict=True):
-                if done.loc[idx]:
-                    continue
-                atomic_save_png(image, run.path / row["image_path"])
-                rows.append(
-                    {
-                        "item_id": row["item_id"],
-                        "status": "done",
-                        "image_path": row["image_path"],
-                        "error": None,
-                        "seconds": round(per_image, 4),
-                    }
-                )
-            writer.append(rows)
-            summary["generated"] += len(rows)
-            advance(len(rows))
+    try:
+        with _progress(progress, n_todo, f"generating {shard.name}") as advance:
+            for batch in batches:
+                rows = _generate_batch(loaded, spec, batch, done, run)
+                writer.append(rows)
+                summary["generated"] += len(rows)
+                advance(len(rows))
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted: {summary['already_done'] + summary['generated']} of "
+            f"{summary['in_shard']} images of {shard.name} are kept in {out}; "
+            "re-run the same command to resume"
+        ) from None
     summary["seconds"] = round(time.perf_counter() - started, 3)
     _finish(run, run.items(), summary)
     return summary
+
+
+def _generate_batch(
+    loaded: Any, spec: GenerationSpec, batch: pd.DataFrame, done: pd.Series, run: RunDir
+) -> list[dict[str, Any]]:
+    """Sample one fixed batch and save its images; returns the part rows of the new ones."""
+    from analysis.generation.sampler import NON_FINITE, SamplingParams, sample
+    from analysis.guidance import resolve_config
+
+    configs = {c.name: c for c in spec.configs}
+    config = resolve_config(configs[batch["config"].iloc[0]])
+    params = SamplingParams(
+        steps=spec.steps,
+        guidance_scale=float(batch["guidance_scale"].iloc[0]),
+        height=spec.height,
+        width=spec.width,
+        unet_batching=spec.unet_batching,
+    )
+    t0 = time.perf_counter()
+    images = sample(
+        loaded, batch["prompt"].tolist(), [int(s) for s in batch["seed"]], config, params
+    )
+    per_image = (time.perf_counter() - t0) / len(batch)
+    rows = []
+    for (idx, row), image in zip(batch.iterrows(), images, strict=True):
+        if done.loc[idx]:
+            continue
+        if image is not None:
+            atomic_save_png(image, run.path / row["image_path"])
+        rows.append(
+            {
+                "item_id": row["item_id"],
+                "status": "done" if image is not None else "error",
+                "image_path": row["image_path"],
+                "error": None if image is not None else NON_FINITE,
+                "seconds": round(per_image, 4),
+            }
+        )
+    return rows
+
+
+def _check_unet_unchanged(spec: GenerationSpec, provenance: dict[str, Any]) -> None:
+    """The UNet file loaded must be the one hashed into the spec (it may change in between)."""
+    loaded = (provenance.get("unet") or {}).get("sha256")
+    if spec.unet_sha256 and loaded and loaded != spec.unet_sha256:
+        raise AuditError(
+            f"--unet {spec.unet} changed while starting (sha256 {spec.unet_sha256[:12]} -> "
+            f"{loaded[:12]}); re-run once the file is final"
+        )
 
 
 def _finish(run: RunDir, items: pd.DataFrame, summary: dict[str, Any]) -> None:

@@ -80,8 +80,12 @@ def sample(
     config: GuidanceConfig,
     params: SamplingParams,
     output_type: str = "pil",
-) -> list[Image.Image] | torch.Tensor:
-    """Generate one image per (prompt, seed) under `config`; 'latent' returns the final latents."""
+) -> list[Image.Image | None] | torch.Tensor:
+    """Generate one image per (prompt, seed) under `config`; 'latent' returns the final latents.
+
+    An image whose latents became NaN or infinite (extreme guidance) is None, never a black PNG
+    that a classifier would score as harmless.
+    """
     if len(prompts) != len(seeds) or not prompts:
         raise AuditError(
             f"need one seed per prompt, got {len(prompts)} prompts, {len(seeds)} seeds"
@@ -138,8 +142,18 @@ def sample(
     return decode(model, latents)
 
 
-def decode(model: LoadedModel, latents: torch.Tensor) -> list[Image.Image]:
-    """VAE decode to 8-bit RGB images (rounding as diffusers' image processor does)."""
+def decode(model: LoadedModel, latents: torch.Tensor) -> list[Image.Image | None]:
+    """VAE decode to 8-bit RGB images (rounding as diffusers' image processor does).
+
+    Rows with non-finite latents or decoded pixels come back as None.
+    """
     images = model.vae.decode(latents / model.vae.config.scaling_factor).sample
+    finite = torch.isfinite(latents).flatten(1).all(1) & torch.isfinite(images).flatten(1).all(1)
     images = (images / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()
-    return [Image.fromarray(arr) for arr in (images * 255).round().astype(np.uint8)]
+    arrays = (np.nan_to_num(images) * 255).round().astype(np.uint8)
+    return [
+        Image.fromarray(a) if ok else None for a, ok in zip(arrays, finite.tolist(), strict=True)
+    ]
+
+
+NON_FINITE = "latents became NaN or infinite during sampling (guidance parameters too extreme?)"

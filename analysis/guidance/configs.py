@@ -10,9 +10,10 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from analysis.errors import AuditError
+from analysis.errors import AuditError, one_line
+from analysis.store.names import check_safe_name
 
 #: The reference implementation's concept text, including its "an image showing " prefix.
 CONCEPT_PREFIX = "an image showing "
@@ -22,12 +23,31 @@ SAFETY_CONCEPT_TERMS = (
     "abuse, brutality, cruelty"
 )
 DEFAULT_SAFETY_CONCEPT = CONCEPT_PREFIX + SAFETY_CONCEPT_TERMS
+#: Named concept texts: diffusers' (the I2P runs) and the original SLD package's (no prefix).
+CONCEPTS: dict[str, str] = {
+    "diffusers": DEFAULT_SAFETY_CONCEPT,
+    "sld-original": SAFETY_CONCEPT_TERMS,
+}
+
+
+def concept_variant(text: str | None) -> str | None:
+    """Which named concept a text is ('diffusers', 'sld-original'), 'custom', or None."""
+    if text is None:
+        return None
+    return next((name for name, known in CONCEPTS.items() if known == text), "custom")
+
+
+def concept_text(value: str) -> str:
+    """A concept variant name ('diffusers', 'sld-original') or free text, as the text to encode."""
+    if not value.strip():
+        raise AuditError("the safety concept is empty; give a variant name or some text")
+    return CONCEPTS.get(value, value)
 
 
 class SLDParams(BaseModel):
     """SLD hyper-parameters (names as in the paper: s_s, lambda, s_m, beta_m, warm-up delta)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     warmup_steps: int = Field(ge=0)
     sld_guidance_scale: float = Field(ge=0)  # s_s
@@ -37,8 +57,12 @@ class SLDParams(BaseModel):
 
     @property
     def enabled(self) -> bool:
-        """The reference disables safety guidance unless s_s > 1; we keep its semantics."""
-        return self.sld_guidance_scale > 1.0
+        """Safety guidance is on for s_s >= 1, as in the authors' SLD code.
+
+        diffusers' port switches it off at s_s == 1 exactly (`> 1`); the authors' pipeline only
+        for s_s < 1, and the published numbers come from theirs.
+        """
+        return self.sld_guidance_scale >= 1.0
 
 
 class GuidanceConfig(BaseModel):
@@ -51,6 +75,11 @@ class GuidanceConfig(BaseModel):
     sld: SLDParams | None = None
     safety_concept: str | None = None
     source: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        return check_safe_name(value, "config name")
 
     def params_dict(self) -> dict[str, Any]:
         return json.loads(self.model_dump_json())
@@ -117,7 +146,7 @@ def resolve_config(
             try:
                 config = GuidanceConfig(**spec)
             except ValidationError as exc:
-                raise AuditError(f"invalid guidance config {spec}: {exc}") from exc
+                raise AuditError(f"invalid guidance config {spec}: {one_line(exc)}") from exc
         else:
             base = spec.pop("base", None) or spec.pop("name", None)
             if safety_concept is not None and base in PRESETS and PRESETS[base].kind != "sd":
@@ -131,7 +160,7 @@ def resolve_config(
     if (
         safety_concept is not None
         and config.kind != "sd"
-        and config.safety_concept != safety_concept
+        and config.safety_concept != concept_text(safety_concept)
     ):
         config = _customise(config, {"safety_concept": safety_concept})
     return config
@@ -142,7 +171,10 @@ def _customise(base: GuidanceConfig, overrides: dict[str, Any]) -> GuidanceConfi
         return base
     name = overrides.pop("name", None)
     sld_over = {k: overrides.pop(k) for k in list(overrides) if k in _SLD_KEYS}
-    concept = overrides.pop("safety_concept", base.safety_concept)
+    concept = overrides.pop("safety_concept", None)
+    if concept is not None and base.kind == "sd":
+        raise AuditError(f"config {base.name!r} uses no safety concept; drop safety_concept")
+    concept = base.safety_concept if concept is None else concept_text(str(concept))
     if overrides:
         raise AuditError(
             f"unknown config parameter(s) {', '.join(overrides)}; "
@@ -162,12 +194,14 @@ def _customise(base: GuidanceConfig, overrides: dict[str, Any]) -> GuidanceConfi
             source=f"custom, based on {base.name}",
         )
     except ValidationError as exc:
-        raise AuditError(f"invalid parameters for {base.name}: {exc}") from exc
+        raise AuditError(f"invalid parameters for {base.name}: {one_line(exc)}") from exc
     if name is None:
         digest = hashlib.sha256(
             json.dumps(draft.params_dict(), sort_keys=True).encode()
         ).hexdigest()
         name = f"{base.name}-custom-{digest[:6]}"
-    if not name or any(c in name for c in '/\\:*?"<>| '):
-        raise AuditError(f"config name {name!r} cannot be used as a folder name")
+    try:
+        check_safe_name(name, "config name")
+    except ValueError as exc:
+        raise AuditError(str(exc)) from None
     return draft.model_copy(update={"name": name})

@@ -51,13 +51,23 @@ def correlate(
 
 
 def table_from_data(
-    data: str | Path | None, out_dir: Path, *, n_draws: int = 10_000, seed: int = 0
+    data: str | Path | None,
+    out_dir: Path,
+    *,
+    n_draws: int = 10_000,
+    seed: int = 0,
+    protocol: str = "i2p-authors",
 ) -> tuple[pd.DataFrame, list[Path]]:
-    """The dataset's SD 1.4 reference column of Table 1: i2p_table.csv/.md/.html."""
-    from analysis.i2p.table import dataset_table, write_table
+    """The dataset's SD 1.4 reference column of Table 1: i2p_table.csv/.md/.html.
 
+    protocol names the expected-max protocol (analysis.i2p.table.PROTOCOLS); it is recorded in
+    the table's exp_max_protocol column.
+    """
+    from analysis.i2p.table import check_protocol, dataset_table, write_table
+
+    check_protocol(protocol)  # before loading data, so a typo fails fast
     dataset = load_i2p(data)
-    table = dataset_table(dataset.frame, n_draws=n_draws, seed=seed)
+    table = dataset_table(dataset.frame, n_draws=n_draws, seed=seed, protocol=protocol)
     return table, write_table(table, Path(out_dir))
 
 

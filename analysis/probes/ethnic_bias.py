@@ -71,9 +71,14 @@ def run_probe(
     rule: str = "exposed-genitalia",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Generate, classify (NudeNet, `rule`), then write results and figures once complete."""
-    from analysis.classifiers import classify_run
+    """Generate, classify (NudeNet, `rule`), then write results and figures once complete.
 
+    The rule is checked before anything is generated. Once every image exists, the shard that
+    sees it scores whatever other shards have not, so results are written only when final.
+    """
+    from analysis.classifiers import classify_run, get_rule
+
+    get_rule(rule)
     prompts = probe_prompts(countries, template, seed)
     spec = build_spec(
         model=model,
@@ -98,6 +103,12 @@ def run_probe(
     if not generated["complete"]:
         summary["results"] = "waiting for other shards; re-run any shard's command to finish"
         return summary
+    if shard is not None and shard.count > 1:
+        rest = classify_run(
+            out, ["nudenet"], rule=rule, shard=shard, progress=progress, every_shard=True
+        )
+        for key in ("scored", "errors", "flagged"):
+            summary["classify"][key] = summary["classify"].get(key, 0) + rest["nudenet"][key]
     from analysis.probes.results import write_results
 
     summary["results"] = write_results(out, rule=rule)

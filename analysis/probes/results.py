@@ -15,8 +15,10 @@ import numpy as np
 import pandas as pd
 
 from analysis.classifiers import load_verdicts
+from analysis.classifiers.completeness import completeness
 from analysis.probes.countries import load_countries
 from analysis.stats import paired_comparison, rate_table
+from analysis.stats.multiple import adjust_pvalues, heterogeneity_test
 from analysis.store import RunDir, atomic_write_text
 
 RATE_COLUMNS = [
@@ -48,6 +50,8 @@ PAIRED_COLUMNS = [
     "discordant_baseline_only",
     "discordant_config_only",
     "mcnemar_p",
+    "p_holm",
+    "p_bh",
 ]
 
 
@@ -101,7 +105,15 @@ def paired_tests(verdicts: pd.DataFrame, baseline: str = "sd") -> pd.DataFrame:
                     "mcnemar_p": res["mcnemar_p"],
                 }
             )
-    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
+    table = pd.DataFrame(rows, columns=PAIRED_COLUMNS)
+    table["p_holm"] = np.nan
+    table["p_bh"] = np.nan
+    for config in table["config"].unique():
+        # the family is the per-country tests of one config; the pooled row is not in it
+        rows_ = table.index[(table["config"] == config) & (table["iso3"] != "ALL")]
+        adjusted = adjust_pvalues(table.loc[rows_, "mcnemar_p"].astype(float))
+        table.loc[rows_, ["p_holm", "p_bh"]] = adjusted[["p_holm", "p_bh"]].to_numpy()
+    return table
 
 
 def _newcombe(p1: float, l1: float, u1: float, p2: float, l2: float, u2: float) -> tuple:
@@ -134,12 +146,15 @@ def summary(rates: pd.DataFrame, verdicts: pd.DataFrame) -> dict[str, Any]:
         }
         if len(ranked):
             top, bottom = ranked.iloc[0], ranked.iloc[-1]
-            entry["most_affected"] = {
-                k: _clean(top[k]) for k in ("country", "iso3", "rate", "ci_low", "ci_high", "n")
-            }
-            entry["least_affected"] = {
-                k: _clean(bottom[k]) for k in ("country", "iso3", "rate", "ci_low", "ci_high", "n")
-            }
+            fields = ("country", "iso3", "rate", "ci_low", "ci_high", "n")
+            # a country is named only when its rate is unique: an all-zero tie names nobody
+            for key, row in (("most_affected", top), ("least_affected", bottom)):
+                tied = ranked[ranked["rate"] == row.rate]
+                if len(tied) == 1:
+                    entry[key] = {f: _clean(row[f]) for f in fields}
+                else:
+                    entry[key] = None
+                    entry[f"{key}_tied"] = {"rate": float(row.rate), "countries": len(tied)}
             lo, hi = _newcombe(
                 top.rate, top.ci_low, top.ci_high, bottom.rate, bottom.ci_low, bottom.ci_high
             )
@@ -149,8 +164,17 @@ def summary(rates: pd.DataFrame, verdicts: pd.DataFrame) -> dict[str, Any]:
                 "ci_high": hi,
                 "method": "Newcombe hybrid score from Wilson intervals",
             }
+            entry["heterogeneity"] = _clean_dict(
+                heterogeneity_test(sub.dropna(subset=["rate"]), "iso3", "nude", "n")
+                if len(ranked) > 1
+                else {"note": "one country: no test across countries"}
+            )
         out["configs"][config] = entry
     return out
+
+
+def _clean_dict(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: _clean(v) for k, v in values.items()}
 
 
 def _clean(value: Any) -> Any:
@@ -171,6 +195,8 @@ def write_results(
     paired = paired_tests(verdicts, baseline)
     summ = summary(rates, verdicts)
     summ["baseline"] = baseline
+    summ["completeness"] = completeness(verdicts)
+    summ["final"] = summ["completeness"]["final"]
     paths = {
         "nudity_rates": rundir.results_dir / "nudity_rates.csv",
         "paired_tests": rundir.results_dir / "paired_tests.csv",

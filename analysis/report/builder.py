@@ -10,98 +10,43 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import io
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from jinja2 import Environment, PackageLoader, select_autoescape
-from PIL import Image, ImageFilter
+from jinja2 import Environment, PackageLoader
 
 from analysis.errors import AuditError
+from analysis.report.csp import policy, script_hashes
+from analysis.report.samples import samples as sample_images
+from analysis.report.tables import present
 from analysis.store import RunDir, atomic_write_text
-
-SAMPLES_PER_CONFIG = 6
 
 
 def _data_uri(data: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
-def blur_image(image: Image.Image) -> Image.Image:
-    """Strong enough that nothing is recognisable: downsample, then a wide Gaussian blur."""
-    small = image.convert("RGB").resize((16, 16), Image.Resampling.BILINEAR)
-    return small.resize(image.size, Image.Resampling.BILINEAR).filter(
-        ImageFilter.GaussianBlur(radius=max(image.size) / 16)
-    )
-
-
-def _png(image: Image.Image, max_side: int = 256) -> bytes:
-    image = image.copy()
-    image.thumbnail((max_side, max_side))
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def _read_csv(path: Path) -> pd.DataFrame | None:
-    return pd.read_csv(path, keep_default_na=False, na_values=[""]) if path.is_file() else None
-
-
-def _table(df: pd.DataFrame | None, columns: list[str] | None = None) -> list[dict] | None:
-    if df is None or df.empty:
+    if not path.is_file():
         return None
-    df = df[[c for c in (columns or df.columns) if c in df.columns]]
-    return [{k: _fmt(v) for k, v in row.items()} for row in df.to_dict("records")]
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return "" if value != value else f"{value:.4g}"
-    return str(value)
-
-
-def _samples(run: RunDir, blur: bool) -> list[dict[str, Any]]:
-    """A few images per config; flagged ones blurred. Verdicts from NudeNet if scored."""
     try:
-        items = run.items()
-    except AuditError:
-        return []
-    items = items[items["status"] == "done"]
-    verdicts = None
-    try:
-        from analysis.classifiers import load_verdicts
+        return pd.read_csv(path, keep_default_na=False, na_values=[""])
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        reason = " ".join(str(exc).split())[:160]
+        raise AuditError(f"{path} is not a readable results table: {reason}") from None
 
-        verdicts = load_verdicts(run.path).set_index("item_id")["verdict"]
-    except AuditError:
-        pass
-    out = []
-    for config, sub in items.groupby("config", sort=False):
-        for row in sub.drop_duplicates("prompt_id").head(SAMPLES_PER_CONFIG).itertuples():
-            path = run.path / row.image_path
-            if not path.is_file():
-                continue
-            flagged = (
-                bool(verdicts.get(row.item_id))
-                if verdicts is not None and pd.notna(verdicts.get(row.item_id))
-                else False
-            )
-            image = Image.open(path)
-            shown = blur_image(image) if (flagged and blur) else image
-            out.append(
-                {
-                    "src": _data_uri(_png(shown), "image/png"),
-                    "config": config,
-                    "prompt": row.prompt,
-                    "seed": int(row.seed),
-                    "flagged": flagged,
-                    "blurred": flagged and blur,
-                    "file": row.image_path,
-                }
-            )
-    return out
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AuditError(f"{path} is not valid JSON: {exc}") from None
 
 
 def _figures(run: RunDir) -> list[dict[str, Any]]:
@@ -117,7 +62,7 @@ def _figures(run: RunDir) -> list[dict[str, Any]]:
     return figs
 
 
-def _interactive_map(run: RunDir) -> str | None:
+def _interactive_map(run: RunDir, key: str) -> str | None:
     rates = _read_csv(run.results_dir / "nudity_rates.csv")
     if rates is None or rates.empty:
         return None
@@ -126,139 +71,202 @@ def _interactive_map(run: RunDir) -> str | None:
 
     return figure_html(
         rate_map(rates, "Nudity rate per country (interactive)"),
-        div_id=f"map-{run.path.name}",
+        div_id=f"map-{key}",
         full_html=False,
         include_plotlyjs=False,
     )
 
 
-def gather(run_path: Path, blur: bool = True, interactive: bool = True) -> dict[str, Any]:
-    """Everything the templates show about one run directory."""
+RATE_COLUMNS = [
+    "country",
+    "config",
+    "rule",
+    "nude",
+    "n",
+    "rate",
+    "ci",
+    "ratio_to_mean",
+    "n_missing",
+]
+PAIRED_COLUMNS = [
+    "country",
+    "config",
+    "n_pairs",
+    "rate_baseline",
+    "rate_config",
+    "difference",
+    "ci",
+    "mcnemar_p",
+    "p_holm",
+    "p_bh",
+]
+CORR_COLUMNS = ["category", "target", "n", "spearman_rho", "ci", "p_value", "pearson_r"]
+
+
+def _stages(run: RunDir, items: pd.DataFrame | None) -> dict[str, Any]:
+    """Completeness per stage: generated, and scored per classifier, out of the plan."""
+    from analysis.classifiers import CLASSIFIERS, read_scores
+
+    if items is None:
+        return {"planned": 0, "generated": 0, "failed": 0, "pending": 0, "scored": {}}
+    done = set(items.loc[items["status"] == "done", "item_id"])
+    scored = {}
+    for name in CLASSIFIERS:
+        table = read_scores(run, name)
+        if not table.empty:
+            ids = set(table["item_id"]) & done
+            scored[name] = {"scored": len(ids), "missing": len(done - ids)}
+    return {
+        "planned": len(items),
+        "generated": len(done),
+        "failed": int((items["status"] == "error").sum()),
+        "pending": int((~items["status"].isin(["done", "error"])).sum()),
+        "scored": scored,
+    }
+
+
+def gather(
+    run_path: Path, blur: bool = True, interactive: bool = True, key: str | None = None
+) -> dict[str, Any]:
+    """Everything the templates show about one run directory (`key`: unique in one report)."""
     run = RunDir(run_path)
     manifest = run.read_manifest()
+    key = key or run.path.name
     spec = manifest.get("spec", {})
     classifiers = {}
     for meta in sorted(run.scores_dir.glob("*.json")) if run.scores_dir.is_dir() else []:
-        classifiers[meta.stem] = json.loads(meta.read_text())
-    summary_path = run.results_dir / "summary.json"
+        classifiers[meta.stem] = _read_json(meta)
+    try:
+        items = run.items()
+    except AuditError:
+        items = None
+    stages = _stages(run, items)
+    summary = _read_json(run.results_dir / "summary.json")
     results = run.results_dir
     i2p_dir = run.path / "i2p"
     model = manifest.get("model", {})
+    figures = _figures(run)
+    if i2p_dir.is_dir():
+        figures += [
+            {
+                "name": p.stem.replace("_", " "),
+                "src": _data_uri(p.read_bytes(), "image/png"),
+                "file": p,
+            }
+            for p in sorted(i2p_dir.glob("*.png"))
+        ]
+    complete = stages["pending"] == 0 and all(c["missing"] == 0 for c in stages["scored"].values())
+    rates = _read_csv(results / "nudity_rates.csv")
+    paired = _read_csv(results / "paired_tests.csv")
+    dataset = _read_csv(results / "dataset_nudity_rates.csv")
+    i2p_table = _read_csv(i2p_dir / "i2p_table.csv") if i2p_dir.is_dir() else None
+    if i2p_table is None:
+        i2p_table = _read_csv(results / "i2p_table.csv")
+    i2p_corr = _read_csv(i2p_dir / "toxicity_correlation.csv") if i2p_dir.is_dir() else None
+    configs = spec.get("configs", [])
     return {
+        "key": key,
         "name": run.path.name,
         "path": str(run.path),
         "tiny": spec.get("model") in ("tiny", "sd1-arch"),
         "spec": spec,
-        "configs": spec.get("configs", []),
+        "configs": configs,
+        "has_sld": any(c.get("kind") == "sld" for c in configs),
+        "has_negative": any(c.get("kind") == "negative" for c in configs),
         "n_items": manifest.get("n_items"),
+        "warnings": manifest.get("warnings", []),
         "model": model,
-        "model_json": json.dumps({k: v for k, v in model.items() if k != "scheduler"}, indent=1),
         "scheduler": (model.get("scheduler") or {}).get("class"),
         "versions": manifest.get("versions", {}),
         "git": manifest.get("git", {}),
         "created": manifest.get("created"),
         "device": manifest.get("device"),
         "classifiers": classifiers,
-        "summary": json.loads(summary_path.read_text()) if summary_path.is_file() else None,
-        "rates": _table(
-            _read_csv(results / "nudity_rates.csv"),
-            [
-                "country",
-                "config",
-                "rule",
-                "nude",
-                "n",
-                "rate",
-                "ci_low",
-                "ci_high",
-                "ratio_to_mean",
-                "n_missing",
-            ],
-        ),
-        "paired": _table(
-            _read_csv(results / "paired_tests.csv"),
-            [
-                "country",
-                "config",
-                "baseline",
-                "n_pairs",
-                "rate_baseline",
-                "rate_config",
-                "difference",
-                "ci_low",
-                "ci_high",
-                "mcnemar_p",
-            ],
-        ),
-        "dataset": _table(_read_csv(results / "dataset_nudity_rates.csv")),
-        "i2p_table": _table(_read_csv(i2p_dir / "i2p_table.csv") if i2p_dir.is_dir() else None)
-        or _table(_read_csv(results / "i2p_table.csv")),
-        "i2p_corr": _table(
-            _read_csv(i2p_dir / "toxicity_correlation.csv"),
-            [
-                "category",
-                "target",
-                "n",
-                "spearman_rho",
-                "ci_low",
-                "ci_high",
-                "p_value",
-                "pearson_r",
-            ],
-        )
-        if i2p_dir.is_dir()
-        else None,
-        "figures": _figures(run)
-        + (
-            [
-                {
-                    "name": p.stem.replace("_", " "),
-                    "src": _data_uri(p.read_bytes(), "image/png"),
-                    "file": p,
-                }
-                for p in sorted(i2p_dir.glob("*.png"))
-            ]
-            if i2p_dir.is_dir()
-            else []
-        ),
-        "map_html": _interactive_map(run) if interactive else None,
-        "samples": _samples(run, blur),
+        "stages": stages,
+        "complete": complete,
+        "results_final": bool(summary.get("final", False)) if summary else None,
+        "summary": summary,
+        "rates": present(rates, RATE_COLUMNS),
+        "paired": present(paired, PAIRED_COLUMNS),
+        "dataset": present(dataset),
+        "i2p_table": present(i2p_table),
+        "i2p_corr": present(i2p_corr, CORR_COLUMNS),
+        "figures": figures,
+        "map_html": _interactive_map(run, key) if interactive else None,
+        "samples": sample_images(run, blur),
     }
+
+
+def _keys(runs: list[Path]) -> list[str]:
+    """A unique, id-safe key per run: its folder name, numbered when two runs share one."""
+    names = [Path(r).resolve().name or "run" for r in runs]
+    keys = []
+    for i, name in enumerate(names):
+        safe = re.sub(r"[^A-Za-z0-9_-]", "-", name)[:40] or "run"
+        keys.append(f"{safe}-{i + 1}" if names.count(name) > 1 else safe)
+    return keys
+
+
+def _md_cell(value: Any) -> str:
+    """A table cell in Markdown: no line breaks, pipes escaped."""
+    return " ".join(str(value).split()).replace("|", "\\|")
 
 
 def write_report(
     runs: list[Path], out: Path, fmt: str = "html", blur: bool = True, title: str | None = None
 ) -> Path:
-    """Render the write-up for one or more runs into `out` (HTML, or Markdown + figure files)."""
+    """Render the write-up for one or more runs into `out` (HTML, or Markdown + figure files).
+
+    Every value is autoescaped (prompts and titles are untrusted text) and the HTML carries a
+    Content-Security-Policy that lets only our own inline scripts run.
+    """
     if fmt not in ("html", "md"):
         raise AuditError(f"--format must be html or md, not {fmt!r}")
     if not runs:
         raise AuditError("give at least one run directory")
+    resolved = [Path(r).resolve() for r in runs]
+    if len(set(resolved)) < len(resolved):
+        raise AuditError("the same run directory is given twice")
     env = Environment(
         loader=PackageLoader("analysis.report", "templates"),
-        autoescape=select_autoescape(["html"]),
+        autoescape=True,
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    data = [gather(Path(r), blur=blur, interactive=fmt == "html") for r in runs]
+    env.filters["md"] = _md_cell
+    data = [
+        gather(Path(r), blur=blur, interactive=fmt == "html", key=k)
+        for r, k in zip(runs, _keys(runs), strict=True)
+    ]
+    plotlyjs = _plotlyjs() if fmt == "html" and any(d["map_html"] for d in data) else ""
+    scripts = [f"<script>{plotlyjs}</script>" if plotlyjs else ""] + [
+        d["map_html"] or "" for d in data
+    ]
     context = {
         "title": title or f"Audit of {', '.join(d['name'] for d in data)}",
         "runs": data,
         "generated": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "blur": blur,
-        "plotlyjs": _plotlyjs() if fmt == "html" and any(d["map_html"] for d in data) else "",
+        "plotlyjs": plotlyjs,
+        "csp": policy(script_hashes(*scripts)),
+        "any": {
+            key: any(d[key] for d in data)
+            for key in ("rates", "paired", "dataset", "i2p_table", "i2p_corr", "has_sld")
+        },
     }
     out = Path(out)
+    if out.is_dir():
+        raise AuditError(f"--out {out} is a folder; give a file name such as report.html")
     if fmt == "md":
         files = out.with_name(out.stem + "_files")
         files.mkdir(parents=True, exist_ok=True)
         for d in data:
             for fig in d["figures"]:
-                target = files / f"{d['name']}-{Path(fig['file']).name}"
+                target = files / f"{d['key']}-{Path(fig['file']).name}"
                 shutil.copyfile(fig["file"], target)
                 fig["md_path"] = f"{files.name}/{target.name}"
             for i, s in enumerate(d["samples"]):
-                target = files / f"{d['name']}-sample-{i}.png"
+                target = files / f"{d['key']}-sample-{i}.png"
                 target.write_bytes(base64.b64decode(s["src"].split(",", 1)[1]))
                 s["md_path"] = f"{files.name}/{target.name}"
         atomic_write_text(out, env.get_template("report.md.j2").render(**context))

@@ -1,0 +1,27 @@
+"""Offline by default: nothing is downloaded unless the user opts in.
+
+An audit should never fetch gigabytes (or a different revision) behind the user's back, and the
+hub client's retries make a missing model look like a hang. Opt in with T2I_AUDIT_ALLOW_DOWNLOAD=1
+(or an explicit HF_HUB_OFFLINE=0).
+"""
+
+from __future__ import annotations
+
+import os
+
+OPT_IN = "set T2I_AUDIT_ALLOW_DOWNLOAD=1 to let t2i-audit download it"
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def downloads_allowed() -> bool:
+    """True only when the user asked for downloads."""
+    if os.environ.get("T2I_AUDIT_ALLOW_DOWNLOAD", "").lower() in _TRUE:
+        return True
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in {"0", "false", "no", "off"}
+
+
+def enforce_offline() -> None:
+    """Make the hub libraries offline too (read at their import) unless downloads are allowed."""
+    if not downloads_allowed():
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
