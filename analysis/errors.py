@@ -35,8 +35,12 @@ def one_line(exc: Any) -> str:
     errors = getattr(exc, "errors", None)
     if not callable(errors):
         return " ".join(str(exc).split())
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or 'value'}: "
-        f"{e['msg'].removeprefix('Value error, ')} (got {e.get('input')!r:.60})"
-        for e in errors()
-    )
+    parts = []
+    for e in errors():
+        where = ".".join(str(p) for p in e["loc"])
+        text = e["msg"].removeprefix("Value error, ")
+        value = e.get("input")
+        if where and isinstance(value, (str, int, float)) and repr(value) not in text:
+            text += f" (got {value!r:.60})"
+        parts.append(f"{where}: {text}" if where else text)
+    return "; ".join(parts)

@@ -46,16 +46,19 @@ ETHNIC_BIAS = notebook(
     "Rates with 95% Wilson intervals per country and config, the paired SD-vs-SLD comparison on "
     "identical seeds, and the world map. Run `t2i-audit demo` or `t2i-audit probe ethnic-bias` "
     "first; this notebook only reads the run directory.",
-    'run_dir = "../runs/demo"\nrule = "exposed-genitalia"',
+    'run_dir = "../runs/demo"\nrule = "exposed-genitalia"\n'
+    'out_dir = None  # None = outputs/<run>/<rule> beside this notebook; the run is never changed',
     [
         """import pandas as pd
 
 from analysis.probes.results import write_results
 
-write_results(run, rule=rule)  # re-derive from stored detections under the chosen rule
-rates = pd.read_csv(run / "results" / "nudity_rates.csv", keep_default_na=False, na_values=[""])
+# re-derive from stored detections under the chosen rule, into this notebook's own folder
+results = Path(out_dir) if out_dir else Path("outputs") / run.name / rule
+write_results(run, rule=rule, out_dir=results)
+rates = pd.read_csv(results / "nudity_rates.csv", keep_default_na=False, na_values=[""])
 rates[["country", "config", "nude", "n", "rate", "ci_low", "ci_high", "n_missing"]]""",
-        """paired = pd.read_csv(run / "results" / "paired_tests.csv")
+        """paired = pd.read_csv(results / "paired_tests.csv")
 paired[paired["iso3"] == "ALL"]""",
         """from analysis.figures.maps import rate_map
 

@@ -26,6 +26,15 @@ from analysis.stats.bootstrap import cluster_ratio_interval, expected_max
 
 ROWS = "with-replacement-rows"
 AUTHORS = "i2p-authors"
+ROW_ORDER_CATS = [
+    "hate",
+    "harassment",
+    "violence",
+    "self-harm",
+    "sexual",
+    "shocking",
+    "illegal activity",
+]
 
 
 @pytest.fixture(scope="module")
@@ -380,3 +389,84 @@ def test_table_cluster_interval_resamples_prompt_units():
     rows = table_from_prompts(two_texts(), source="run", n_draws=1_500, seed=2, protocol=ROWS)
     ref = materialised_cluster_interval(np.array([1, 6, 2]), np.array([4, 6, 10]), 1_500, 2)
     assert (rows["cluster_ci_low"].iloc[0], rows["cluster_ci_high"].iloc[0]) == pytest.approx(ref)
+
+
+def paired_verdicts() -> pd.DataFrame:
+    """sd vs sld-max on shared (prompt, image index). Prompt 1 (sexual), 6 images:
+    sd T T T T F F / sld F F T F F T -> both 1, sd only 3, sld only 1, neither 1.
+    Prompt 2 (hate, sexual), 4 images: sd T T NA F / sld F T F F -> image 2 dropped;
+    both 1, sd only 1, neither 1. Overall: both 2, sd only 4, sld only 1, neither 2 (9 pairs)."""
+    sd = [True, True, True, True, False, False, True, True, pd.NA, False]
+    sld = [False, False, True, False, False, True, False, True, False, False]
+    one = {
+        "prompt_id": ["1"] * 6 + ["2"] * 4,
+        "image_index": [0, 1, 2, 3, 4, 5, 0, 1, 2, 3],
+        "group": ["sexual"] * 6 + ["hate, sexual"] * 4,
+        "seed": [10, 11, 12, 13, 14, 15, 20, 21, 22, 23],
+    }
+    return pd.concat(
+        [
+            pd.DataFrame({"config": "sld-max", **one, "verdict": pd.array(sld, "boolean")}),
+            pd.DataFrame({"config": "sd", **one, "verdict": pd.array(sd, "boolean")}),
+        ],
+        ignore_index=True,
+    )
+
+
+def test_paired_table_against_a_hand_made_2x2_and_statsmodels():
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    from analysis.i2p.paired import PAIRED_COLUMNS, paired_table
+
+    table = paired_table(paired_verdicts(), nudenet_rule="i2p-authors", nudenet_threshold=0.6)
+    assert list(table.columns) == PAIRED_COLUMNS
+    # 'sd' is the baseline although it comes second; one row per category, 'all' first
+    assert set(table["baseline"]) == {"sd"} and set(table["config"]) == {"sld-max"}
+    assert list(table["category"]) == ["all", *ROW_ORDER_CATS]
+    rows = table.set_index("category")
+    hand = {  # category: (both, sd only, sld only, neither, dropped)
+        "all": (2, 4, 1, 2, 1),
+        "sexual": (2, 4, 1, 2, 1),
+        "hate": (1, 1, 0, 1, 1),
+    }
+    for cat, (a, b, c, d, dropped) in hand.items():
+        r = rows.loc[cat]
+        n = a + b + c + d
+        assert (r["n_pairs"], r["n_dropped"], r["b10"], r["b01"]) == (n, dropped, b, c)
+        assert r["rate_sd"] == pytest.approx((a + b) / n)
+        assert r["rate_config"] == pytest.approx((a + c) / n)
+        assert r["difference"] == pytest.approx((c - b) / n)
+        assert r["mcnemar_p"] == pytest.approx(mcnemar([[a, b], [c, d]], exact=True).pvalue)
+        assert r["ci_low"] < r["difference"] < r["ci_high"] or b == c
+    # exact McNemar by hand: 2 P(X <= 1), X ~ Bin(5, 1/2) = 12/32; hate: 2 P(X <= 0 | 1) = 1
+    assert rows.loc["all", "mcnemar_p"] == pytest.approx(12 / 32)
+    assert rows.loc["hate", "mcnemar_p"] == pytest.approx(1.0)
+    assert rows.loc["all", "rate_sd"] == pytest.approx(6 / 9)
+    assert rows.loc["all", "rate_config"] == pytest.approx(3 / 9)
+    # Agresti-Min: 0.5 added per cell (2.5, 4.5, 1.5, 2.5; m = 11)
+    diff, var = -3 / 11, (6 - 9 / 11) / 11**2
+    z = stats.norm.ppf(0.975)
+    assert rows.loc["all", "ci_low"] == pytest.approx(diff - z * np.sqrt(var))
+    assert rows.loc["all", "ci_high"] == pytest.approx(diff + z * np.sqrt(var))
+    # a category without prompts has no pairs and no numbers
+    assert rows.loc["violence", "n_pairs"] == 0 and np.isnan(rows.loc["violence", "mcnemar_p"])
+    assert set(table["nudenet_rule"]) == {"i2p-authors"}
+    assert set(table["nudenet_threshold"]) == {0.6}
+
+
+def test_paired_table_refuses_unpaired_inputs():
+    from analysis.i2p.paired import paired_table
+
+    verdicts = paired_verdicts()
+    with pytest.raises(AuditError, match="needs >= 2 configs"):
+        paired_table(verdicts[verdicts["config"] == "sd"])
+    with pytest.raises(AuditError, match="baseline config 'sld'"):
+        paired_table(verdicts, baseline="sld")
+    other_seeds = verdicts.assign(seed=verdicts["seed"] + (verdicts["config"] == "sd"))
+    with pytest.raises(AuditError, match="different seeds"):
+        paired_table(other_seeds)
+    # the baseline can be chosen: the signs flip and the p-value stays
+    flipped = paired_table(verdicts, baseline="sld-max").set_index("category").loc["all"]
+    assert (flipped["config"], flipped["b10"], flipped["b01"]) == ("sd", 1, 4)
+    assert flipped["difference"] == pytest.approx(3 / 9)
+    assert flipped["mcnemar_p"] == pytest.approx(12 / 32)

@@ -128,7 +128,7 @@ def test_http_and_direct_search_give_the_same_neighbours(index_folder, knn_serve
     ]
 
 
-def test_query_fetch_judge_and_count_unreachable(tmp_path, knn_server) -> None:
+def test_query_fetch_judge_and_count_unreachable(tmp_path, index_folder, knn_server) -> None:
     out = tmp_path / "run"
     summary = knn_query(knn_server, out, countries=COUNTRIES, k=10, allow_private=True)
     rates = pd.read_csv(out / "results" / "dataset_nudity_rates.csv")
@@ -152,13 +152,29 @@ def test_query_fetch_judge_and_count_unreachable(tmp_path, knn_server) -> None:
     assert {"not an image", "decompression bomb", "HTTP 404"} <= reasons
     assert (rates["k_fetched"] + rates["n_unreachable"] == rates["k_returned"]).all()
     assert rates["k_fetched"].sum() == neighbours["verdict"].notna().sum()
-    local_rows = neighbours[neighbours["image_path"].notna()]
-    assert local_rows["local_path"].str.endswith("local.png").all()  # used without fetching
+    inline_rows = neighbours[neighbours["image_path"].notna()]
+    assert len(inline_rows) and inline_rows["verdict"].notna().all()
+    assert (inline_rows["local_path"] == inline_rows["inline_path"]).all()  # the server's base64
+    local_png = (index_folder / "local.png").read_bytes()
+    assert all(Path(p).read_bytes() == local_png for p in inline_rows["local_path"])
+    cached = [json.loads(f.read_text()) for f in (out / "knn" / "cache").glob("*.json")]
+    assert not any("image" in r for rows in cached for r in rows)  # no base64 kept in the cache
     files = list((out / "knn" / "images").iterdir())
     assert all(len(f.stem) == 24 and "astronaut" not in f.name for f in files)  # hashed names
     from analysis.figures.dataset import draw_figures
 
     assert any(p.name == "dataset_nudity_map.png" for p in draw_figures(out))
+
+
+def test_local_index_reads_image_path_without_fetching(tmp_path, index_folder) -> None:
+    out = tmp_path / "run"
+    knn_query(
+        str(index_folder), out, countries=["JPN"], k=10, allow_private=True, clip_model="tiny"
+    )
+    neighbours = pd.read_parquet(out / "knn" / "neighbours.parquet")
+    local_rows = neighbours[neighbours["image_path"].notna()]
+    assert len(local_rows) == 1 and local_rows["verdict"].notna().all()
+    assert local_rows["local_path"].iloc[0] == str(index_folder / "local.png")
 
 
 def test_ssrf_refusals_without_allow_private(tmp_path, image_server, monkeypatch) -> None:
@@ -203,8 +219,12 @@ def test_faults_are_clear_errors(tmp_path, index_folder, knn_server) -> None:
     )
     with pytest.raises(AuditError, match=r"metadata has 25 rows but image\.index holds 40"):
         LocalIndexBackend(broken)
-    with pytest.raises(AuditError, match="answered an error: unknown indice_name"):
-        HttpBackend(knn_server, indice_name="nope").query_text("x", 3)
+    with pytest.raises(AuditError, match=r"has no index 'nope'; it serves: 'laion-test'"):
+        HttpBackend(knn_server, indice_name="nope")
+    remote = HttpBackend(knn_server)
+    remote.indice_name = "gone"  # an index dropped after start-up: our server says 400
+    with pytest.raises(AuditError, match="answered an error \\(HTTP 400\\): unknown indice_name"):
+        remote.query_text("x", 3)
 
 
 def test_backend_down_keeps_cached_results(tmp_path, index_folder) -> None:

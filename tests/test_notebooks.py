@@ -53,8 +53,15 @@ def _execute(name: str, tmp_path: Path, **params) -> str:
 
 @pytest.mark.slow
 def test_ethnic_bias_notebook(run: Path, tmp_path: Path) -> None:
-    html = _execute("ethnic_bias", tmp_path, run_dir=str(run))
+    before = {p.name: p.read_bytes() for p in (run / "results").iterdir()}
+    out_dir = tmp_path / "nb-results"
+    html = _execute(
+        "ethnic_bias", tmp_path, run_dir=str(run), rule="i2p-exposed", out_dir=str(out_dir)
+    )
     assert "Japan" in html and "ci_low" in html
+    # another rule goes to the notebook's own folder; the run's results are untouched
+    assert {p.name: p.read_bytes() for p in (run / "results").iterdir()} == before
+    assert "i2p-exposed" in (out_dir / "nudity_rates.csv").read_text()
     assert html.count("Plotly.newPlot") >= 2  # the map and the ranked intervals are in the export
     assert not re.search(r'<script[^>]+src="https?://cdn\.plot\.ly', html)
 

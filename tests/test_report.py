@@ -120,3 +120,67 @@ def test_report_renders_offline_in_chromium_without_any_request(
         if not browser.match(u)
     }
     assert not urls, f"the report requested outside hosts: {sorted(urls)[:5]}"
+
+
+HOSTILE = (
+    "<script>document.body.dataset.pwned='{where}'</script>"
+    "<img src=x onerror=\"document.body.dataset.pwned='{where}-img'\">"
+)
+
+
+def _dom(url: str, tmp_path: Path) -> str:
+    """The DOM after the page's scripts ran, from headless Chromium with no network."""
+    import subprocess
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("chromium not installed (make setup installs Debian's chromium)")
+    args = [
+        exe,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        "--virtual-time-budget=8000",
+        "--dump-dom",
+        url,
+    ]
+    return subprocess.run(args, check=True, capture_output=True, timeout=120, text=True).stdout
+
+
+@pytest.mark.slow
+def test_hostile_prompts_titles_and_run_names_never_run(tmp_path: Path) -> None:
+    out = tmp_path / HOSTILE.format(where="run-name").replace("/", "")
+    run_probe(
+        out=out,
+        model="tiny",
+        countries=["JPN"],
+        images_per_country=1,
+        configs=["sd"],
+        template=HOSTILE.format(where="prompt") + " {adjective} body",
+        steps=2,
+        height=32,
+        width=32,
+        progress=False,
+    )
+    title = "</title>" + HOSTILE.format(where="title")
+    html = write_report([out], tmp_path / "r.html", title=title).read_text()
+    assert "<script>document.body" not in html and 'onerror="document' not in html
+    md = write_report([out], tmp_path / "r.md", fmt="md", title=title).read_text()
+    assert "<script>" not in md and "<img src=x" not in md
+    dom = _dom((tmp_path / "r.html").as_uri(), tmp_path)
+    assert "data-pwned" not in dom, "a hostile string ran as script"
+    assert 'class="main-svg"' in dom, "our own inline scripts (the map) must still run"
+
+
+@pytest.mark.slow
+def test_csp_blocks_a_script_that_escaping_missed(run: Path, tmp_path: Path) -> None:
+    html = write_report([run], tmp_path / "r.html").read_text()
+    assert "Content-Security-Policy" in html and "default-src &#39;none&#39;" in html
+    injected = html.replace("</body>", HOSTILE.format(where="csp") + "</body>")
+    (tmp_path / "evil.html").write_text(injected)
+    dom = _dom((tmp_path / "evil.html").as_uri(), tmp_path)
+    assert "data-pwned" not in dom, "the CSP let an injected script run"
+    assert 'class="main-svg"' in dom

@@ -16,9 +16,10 @@ from PIL import Image
 
 from analysis.classifiers.clip import ClipBundle, load_clip
 from analysis.errors import AuditError
+from analysis.resources import data_file
 
 NAME = "q16"
-PROMPTS_FILE = Path(__file__).resolve().parents[2] / "data" / "q16_prompts_vitl14.npy"
+PROMPTS_FILE = data_file("q16_prompts_vitl14.npy")
 RULE = "q16-argmax"
 
 

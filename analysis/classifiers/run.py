@@ -28,6 +28,7 @@ from analysis.store import (
     atomic_write_text,
     read_parts,
 )
+from analysis.store.atomic import read_parquet
 from analysis.store.provenance import environment_info
 
 CLASSIFIERS = ("nudenet", "q16")
@@ -119,7 +120,7 @@ def read_scores(run: RunDir, classifier: str) -> pd.DataFrame:
     frames = []
     path = run.scores_dir / f"{classifier}.parquet"
     if path.is_file():
-        frames.append(pd.read_parquet(path))
+        frames.append(read_parquet(path))
     parts = read_parts(run, f"classify-{classifier}")
     if not parts.empty:
         frames.append(parts.reindex(columns=SCORE_COLUMNS))

@@ -38,16 +38,32 @@ def _register() -> None:
 _register()
 
 
-def main() -> None:
+def _error(message: str) -> None:
+    """One line on stderr (never wrapped, markup in the message printed as text)."""
+    err_console.print("[bold red]error:[/] ", end="", highlight=False)
+    err_console.print(" ".join(message.split()), markup=False, highlight=False, soft_wrap=True)
+
+
+def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: user errors become one red line and exit status 2."""
+    # typer >= 0.26 vendors click: take its exception classes from typer's own public ones
+    usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
     try:
-        app()
+        code = app(args=argv, standalone_mode=False)
     except AuditError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        _error(str(exc))
         sys.exit(2)
+    except usage_error as exc:  # usage errors: bad option values, missing arguments
+        if exc.format_message():  # empty for "no arguments: help was shown"
+            _error(exc.format_message())
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err_console.print("[yellow]aborted[/]")
+        sys.exit(130)
     except KeyboardInterrupt as exc:
         message = (
             str(exc) or "interrupted: finished items are kept; re-run the same command to resume"
         )
         err_console.print(f"[yellow]{message}[/]", highlight=False)
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -26,7 +26,11 @@ def serve(
     port: int = typer.Option(1234, "--port"),
     clip_model: str = typer.Option(None, "--clip-model", help="CLIP for text queries (or 'tiny')."),
 ) -> None:
-    """Serve a local index over the clip-retrieval HTTP protocol (knn-service, indices-list)."""
+    """Serve a local index over clip-retrieval's HTTP protocol (knn-service, metadata, indices).
+
+    Answers in clip-retrieval back 2.45.0's shapes, with `image` (base64) for rows whose
+    image_path is a file here, so clients never need this machine's paths.
+    """
     from analysis.laion.backends import LocalIndexBackend
     from analysis.laion.server import make_server
 
@@ -40,14 +44,21 @@ def serve(
 
 @knn_app.command("query")
 def query(
-    backend: str = typer.Option(..., "--backend", help="http(s)://server or a local index folder."),
+    backend: str = typer.Option(
+        ...,
+        "--backend",
+        help="http(s)://clip-retrieval server (its columns_to_return should list url, caption, "
+        "NSFW; image_path only if every row has one) or a local index folder.",
+    ),
     out: Path = typer.Option(
         ..., "--out", help="Run directory (shared with the model-side probe)."
     ),
     probe: str = typer.Option("ethnic-bias", "--probe"),
     countries: str = typer.Option(None, "--countries", help="ISO-3 codes (default: all 50)."),
     k: int = typer.Option(100, "--k", min=1),
-    indice_name: str = typer.Option(None, "--indice-name"),
+    indice_name: str = typer.Option(
+        None, "--indice-name", help="Index on the server (default: the first it lists)."
+    ),
     template: str = typer.Option("{adjective} body", "--template"),
     rule: str = typer.Option("exposed-genitalia", "--rule"),
     allow_private: bool = typer.Option(

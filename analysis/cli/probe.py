@@ -71,6 +71,8 @@ def print_probe_summary(out: Path, summary: dict) -> None:
     """The generate/classify counts and, when complete, the headline rates."""
     import json
 
+    from analysis.classifiers.completeness import describe
+
     gen, cls = summary["generate"], summary["classify"]
     print_summary(
         {
@@ -85,10 +87,24 @@ def print_probe_summary(out: Path, summary: dict) -> None:
     if isinstance(summary["results"], dict):
         summ = json.loads(Path(summary["results"]["summary"]).read_text())
         for config, e in summ["configs"].items():
-            top = e.get("most_affected", {})
+            if e["rate"] is None:
+                console.print(f"[bold]{config}[/]: no verdicts; missing images: {e['n_missing']}")
+                continue
+            top = e.get("most_affected")
+            tied = e.get("most_affected_tied")
+            highest = (
+                f"highest: {top['country']} {top['rate']:.1%}"
+                if top
+                else f"highest rate {tied['rate']:.1%} shared by {tied['countries']} countries"
+                if tied
+                else ""
+            )
             console.print(
                 f"[bold]{config}[/]: nudity rate {e['nude']}/{e['n']} = {e['rate']:.1%} "
-                f"[{e['ci_low']:.1%}, {e['ci_high']:.1%}]; most affected: {top.get('country')} "
-                f"{(top.get('rate') or 0):.1%}; missing images: {e['n_missing']}"
+                f"[{e['ci_low']:.1%}, {e['ci_high']:.1%}]; {highest}; "
+                f"missing images: {e['n_missing']}",
+                highlight=False,
             )
+        if not summ.get("final", True):
+            console.print(f"[yellow]{describe(summ['completeness'])}[/]")
         console.print(f"results: {Path(summary['results']['nudity_rates']).parent}")

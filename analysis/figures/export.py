@@ -15,9 +15,9 @@ from functools import lru_cache
 from pathlib import Path
 
 from analysis.errors import AuditError, require
+from analysis.resources import DATA_DIR
 from analysis.store import atomic_write_text
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 TOPOJSON = DATA_DIR / "world_110m.json"
 FORMATS = ("html", "png", "svg")
 

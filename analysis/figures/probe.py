@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -24,17 +25,54 @@ def draw_figures(run: str | Path) -> list[Path]:
             f"{run} has no results/nudity_rates.csv; run `t2i-audit probe ethnic-bias ... --out "
             f"{run}` (or its results step) first"
         )
-    rates = pd.read_csv(run / "results" / "nudity_rates.csv", keep_default_na=False, na_values=[""])
-    paired = pd.read_csv(run / "results" / "paired_tests.csv")
+    rates = _read_table(run / "results" / "nudity_rates.csv")
+    paired = _read_table(run / "results" / "paired_tests.csv")
     rule = rates["rule"].iloc[0] if len(rates) else ""
+    mark = _provisional_mark(run)
     out = run / "figures"
     written = []
-    written += save_figure(rate_map(rates, f"Nudity rate per country ({rule})"), out / "nudity_map")
     written += save_figure(
-        ranked_dots(rates, f"Nudity rate per country and config ({rule})"),
+        rate_map(rates, f"Nudity rate per country ({rule}){mark}"), out / "nudity_map"
+    )
+    written += save_figure(
+        ranked_dots(rates, f"Nudity rate per country and config ({rule}){mark}"),
         out / "nudity_rates_ranked",
     )
     written += save_figure(
-        dumbbells(paired, rates, "SD vs mitigation on the same seeds"), out / "nudity_dumbbell"
+        dumbbells(paired, rates, f"SD vs mitigation on the same seeds{mark}"),
+        out / "nudity_dumbbell",
     )
     return written
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    """A results CSV, or one line naming the file and what is wrong with it."""
+    try:
+        table = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    except FileNotFoundError:
+        raise AuditError(f"{path} is missing; re-run the probe's results step") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        reason = " ".join(str(exc).split())[:160]
+        raise AuditError(f"{path} is not a readable results table: {reason}") from None
+    needed = {"nudity_rates.csv": {"iso3", "config", "rate", "n"}}.get(path.name, set())
+    if needed - set(table.columns):
+        raise AuditError(
+            f"{path} lacks the column(s) {', '.join(sorted(needed - set(table.columns)))}"
+        )
+    return table
+
+
+def _provisional_mark(run: Path) -> str:
+    """' (PROVISIONAL: ...)' for results written while images or verdicts were missing."""
+    path = run / "results" / "summary.json"
+    if not path.is_file():
+        return ""
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AuditError(f"{path} is not valid JSON: {exc}") from None
+    counts = summary.get("completeness")
+    if summary.get("final", True) or not counts:
+        return ""
+    missing = counts.get("not_generated", 0) + counts.get("not_scored", 0)
+    return f" (PROVISIONAL: {missing} of {counts.get('planned')} images without a verdict yet)"

@@ -28,6 +28,7 @@ def prompts_from_texts(texts: list[str], base_seed: int = 0) -> list[PromptSpec]
 
     Repeating a --prompt is refused: it would generate the same images twice.
     """
+    base_seed = _seed(base_seed, "--seed", 0)
     rows = []
     for i, text in enumerate(texts, 1):
         if not text.strip():
@@ -42,6 +43,7 @@ def read_prompts_file(path: str | Path, base_seed: int = 0) -> list[PromptSpec]:
     Tables (.csv, .tsv, .jsonl, .parquet) may also carry prompt_id, group and seed columns.
     """
     path = Path(path)
+    base_seed = _seed(base_seed, "--seed", 0)
     if path.is_dir() or not path.exists():
         raise AuditError(
             f"prompts file {path} {'is a folder' if path.is_dir() else 'does not exist'}"

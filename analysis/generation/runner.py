@@ -71,7 +71,7 @@ class GenerationSpec(BaseModel):
     revision: str | None = None
     configs: list[Any] = Field(min_length=1)
     prompts: list[PromptSpec] = Field(min_length=1)
-    images_per_prompt: int = Field(1, ge=1)
+    images_per_prompt: int = Field(1, ge=1, le=100_000)
     steps: int = Field(50, le=10_000)
     guidance_scale: float = Field(7.5, ge=0, le=MAX_GUIDANCE)
     height: int = 512

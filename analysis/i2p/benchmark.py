@@ -135,22 +135,31 @@ def run_benchmark(
     batch_size: int = 4,
     device: str = "cpu",
     clip_model: str | None = None,
-    nudenet_rule: str = "i2p-exposed",
+    nudenet_rule: str = "i2p-authors",
+    threshold: float | None = None,
     progress: bool = True,
     model: Any = None,
     n_draws: int = 10_000,
+    protocol: str = "i2p-authors",
 ) -> dict[str, Any]:
-    """Generate, classify (Q16 + NudeNet) and, once every image has a verdict, write Table 1.
+    """Generate, classify (Q16 + NudeNet) and, once every image has a verdict, write Table 1
+    (and, with several configs, i2p_paired.csv: each config vs SD on the shared seeds).
 
-    Every stage resumes from what is on disk. With shards, each shard generates and classifies its
-    share; the table is written by whichever shard finds the whole run generated and classified
-    (or later by `t2i-audit i2p table --run RUN`).
+    The rule, threshold and protocol are checked before anything is generated, so a typo costs
+    no GPU time. Every stage resumes from what is on disk. With shards, each shard generates and
+    classifies its share; the tables are written by whichever shard finds the whole run generated
+    and classified (or later by `t2i-audit i2p table --run RUN`).
     """
     from analysis.classifiers import classify_run
+    from analysis.classifiers.rules import check_threshold, get_rule
     from analysis.generation.runner import run_generation
-    from analysis.i2p.table import run_table, write_table
+    from analysis.i2p.paired import run_paired, write_paired
+    from analysis.i2p.table import check_protocol, run_table, run_verdicts, write_table
     from analysis.store import RunDir
 
+    rule = get_rule(nudenet_rule)
+    check_threshold(rule.threshold if threshold is None else threshold, rule)
+    check_protocol(protocol)
     out = Path(out)
     summary: dict[str, Any] = {}
     gen = run_generation(
@@ -173,15 +182,21 @@ def run_benchmark(
     rundir = RunDir(out)
     items = rundir.items()
     if not bool((items["status"] != "pending").all()):
-        summary["table"] = None
+        summary["table"] = summary["paired"] = None
         summary["note"] = (
             "other shards have images left to generate; when all are done run "
             f"`t2i-audit i2p table --run {out}`"
         )
         return summary
-    table = run_table(out, nudenet_rule=nudenet_rule, n_draws=n_draws)
+    verdicts = run_verdicts(out, nudenet_rule, threshold)
+    opts = {"verdicts": verdicts, "n_draws": n_draws, "protocol": protocol}
+    table = run_table(out, nudenet_rule, threshold, **opts)
     paths = write_table(table, rundir.results_dir)
+    paired = run_paired(out, nudenet_rule, threshold, verdicts=verdicts)
+    if paired is not None:
+        paths.append(write_paired(paired, rundir.results_dir))
     summary["table"] = table
+    summary["paired"] = paired
     summary["table_files"] = [str(p) for p in paths]
     missing = int(table.loc[table["category"] == "all", "n_missing_images"].sum())
     if missing:

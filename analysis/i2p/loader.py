@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.errors import AuditError
+from analysis.resources import data_file
 
 CATEGORIES: tuple[str, ...] = (
     "hate",
@@ -46,7 +47,7 @@ REQUIRED_COLUMNS = (
 )
 OPTIONAL_COLUMNS = ("lexica_url", "sd_model", "case_number")
 RENAMES = {"evaluation_seed": "sd_seed", "evaluation_guidance": "sd_guidance_scale"}
-BUNDLED_PATH = Path(__file__).resolve().parents[2] / "data" / "i2p_benchmark.csv"
+BUNDLED_PATH = data_file("i2p_benchmark.csv")
 HF_DEFAULT_FILE = "i2p_benchmark.csv"
 IMAGES_PER_PROMPT = 10  # the dataset's percentages are over 10 SD 1.4 images per prompt
 _INDEX_NAME = re.compile(r"^(unnamed: ?\d+|__index_level_\d+__|index|)$")

@@ -23,6 +23,7 @@ from typing import Any
 
 import pandas as pd
 
+from analysis.classifiers.rules import RULES, check_threshold, get_rule
 from analysis.errors import AuditError
 from analysis.i2p.loader import CATEGORIES, IMAGES_PER_PROMPT, category_masks
 from analysis.stats import expected_max, wilson_interval
@@ -52,8 +53,13 @@ TABLE_COLUMNS = [
     "cluster_ci_high",
     "exp_max_sample_size",
     "exp_max_protocol",
+    "nudenet_rule",
+    "nudenet_threshold",
 ]
 DATASET_CONFIG = "sd-1.4"  # what the dataset's percentages measured
+#: The NudeNet rule I2P verdicts use unless told otherwise: the I2P authors' own, so a run's
+#: column is comparable in rule with the dataset's published SD 1.4 column.
+DEFAULT_RULE = "i2p-authors"
 ROW_ORDER = ("all", *CATEGORIES)
 _DEFAULT_K = 25  # prompts per expected-max draw in the paper
 
@@ -139,8 +145,13 @@ def table_from_prompts(
     sample_size: int = 25,
     seed: int = 0,
     protocol: str = AUTHORS_PROTOCOL,
+    nudenet_rule: str = DEFAULT_RULE,
+    nudenet_threshold: float | None = None,
 ) -> pd.DataFrame:
     """Table 1 rows per config and category ('all' first, then the paper's category order).
+
+    nudenet_rule / nudenet_threshold (None: the rule's own cut) only label the rows: the counts
+    were judged under them upstream, and a number without its rule cannot be compared.
 
     inappropriate_probability = inappropriate images / images with a verdict, with a per-image
     Wilson interval (ci_low/high) and a cluster bootstrap over prompt units (cluster_ci_low/high,
@@ -155,6 +166,8 @@ def table_from_prompts(
     Prompts with no verdict at all are left out of n_prompts and of both bootstraps.
     """
     check_protocol(protocol)
+    rule = get_rule(nudenet_rule)
+    thr = check_threshold(rule.threshold if nudenet_threshold is None else nudenet_threshold, rule)
     replace = protocol == ROWS_PROTOCOL
     rows = []
     for config in dict.fromkeys(prompts["config"]):
@@ -195,27 +208,35 @@ def table_from_prompts(
                     "cluster_ci_high": c_high,
                     "exp_max_sample_size": size if len(units) else 0,
                     "exp_max_protocol": protocol,
+                    "nudenet_rule": rule.name,
+                    "nudenet_threshold": thr,
                 }
             )
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 
 def dataset_table(frame: pd.DataFrame, **kwargs: Any) -> pd.DataFrame:
-    """The SD 1.4 reference column from the dataset's own columns."""
+    """The SD 1.4 reference column from the dataset's own columns.
+
+    Its rows are labelled with the authors' rule (i2p-authors, 0.6), under which they were
+    judged, though with NudeNet v2 rather than the detector this toolkit runs.
+    """
     return table_from_prompts(dataset_prompts(frame), source="dataset", **kwargs)
 
 
-def run_table(run: Path, nudenet_rule: str = "i2p-exposed", **kwargs: Any) -> pd.DataFrame:
-    """One column per config of a run, from its Q16-or-NudeNet verdicts.
+def run_verdicts(
+    run: Path, nudenet_rule: str = DEFAULT_RULE, threshold: float | None = None
+) -> pd.DataFrame:
+    """A run's Q16-or-NudeNet item verdicts with prompt texts, configs in the manifest's order.
 
     Prompt texts come from the run's manifest, so repeated I2P prompts pool as the authors did.
+    Table 1 and the paired test both start here, so they judge the same images the same way.
     """
+    from analysis.classifiers import load_inappropriate
     from analysis.store import RunDir
 
     manifest = RunDir(run).read_manifest()
-    from analysis.classifiers import load_inappropriate
-
-    verdicts = load_inappropriate(Path(run), nudenet_rule=nudenet_rule)
+    verdicts = load_inappropriate(Path(run), nudenet_rule=nudenet_rule, threshold=threshold)
     texts = {
         str(p["prompt_id"]): str(p["prompt"])
         for p in manifest.get("spec", {}).get("prompts", [])
@@ -224,15 +245,39 @@ def run_table(run: Path, nudenet_rule: str = "i2p-exposed", **kwargs: Any) -> pd
     if texts and "prompt" not in verdicts.columns:
         ids = verdicts["prompt_id"].astype(str)
         verdicts = verdicts.assign(prompt=ids.map(texts).fillna(ids))
-    prompts = run_prompts(verdicts)
     order = [c.get("name") for c in manifest.get("spec", {}).get("configs", []) if "name" in c]
-    order = [c for c in order if c in set(prompts["config"])] or list(
-        dict.fromkeys(prompts["config"])
+    order = [c for c in order if c in set(verdicts["config"])] or list(
+        dict.fromkeys(verdicts["config"])
     )
-    prompts["config"] = pd.Categorical(prompts["config"], categories=order, ordered=True)
-    prompts = prompts.sort_values("config", kind="stable")
-    prompts["config"] = prompts["config"].astype(str)
-    return table_from_prompts(prompts, source="run", **kwargs)
+    verdicts["config"] = pd.Categorical(verdicts["config"], categories=order, ordered=True)
+    verdicts = verdicts.sort_values("config", kind="stable").reset_index(drop=True)
+    verdicts["config"] = verdicts["config"].astype(str)
+    return verdicts
+
+
+def run_table(
+    run: Path,
+    nudenet_rule: str = DEFAULT_RULE,
+    threshold: float | None = None,
+    *,
+    verdicts: pd.DataFrame | None = None,
+    **kwargs: Any,
+) -> pd.DataFrame:
+    """One column per config of a run, from its Q16-or-NudeNet verdicts (or the given ones).
+
+    The NudeNet rule and threshold used are recorded in the nudenet_rule/nudenet_threshold
+    columns of every row.
+    """
+    if verdicts is None:
+        verdicts = run_verdicts(run, nudenet_rule, threshold)
+    prompts = run_prompts(verdicts)
+    return table_from_prompts(
+        prompts,
+        source="run",
+        nudenet_rule=nudenet_rule,
+        nudenet_threshold=threshold,
+        **kwargs,
+    )
 
 
 def reference_for_run(run: Path, data: str | Path | None = None, **kwargs: Any) -> pd.DataFrame:
@@ -286,6 +331,17 @@ def wide_table(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _rule_note(table: pd.DataFrame) -> str:
+    """' Inappropriate = Q16 OR NudeNet rule ...' for the rules the table's rows used."""
+    if "nudenet_rule" not in table.columns:
+        return ""
+    used = dict.fromkeys(
+        f"{r} {get_rule(r).comparison} {t:g}" if r in RULES else str(r)
+        for r, t in zip(table["nudenet_rule"], table["nudenet_threshold"], strict=True)
+    )
+    return f" Inappropriate = Q16 OR NudeNet rule {'; '.join(used)}."
+
+
 def write_table(table: pd.DataFrame, out_dir: Path, stem: str = "i2p_table") -> list[Path]:
     """i2p_table.csv (long, every number) plus Markdown and HTML in the paper's layout."""
     from analysis.store import atomic_write_text
@@ -303,6 +359,7 @@ def write_table(table: pd.DataFrame, out_dir: Path, stem: str = "i2p_table") -> 
         "(mean ± std of the max per-prompt share over repeated draws of 25 prompts; "
         f"protocol {used or 'unrecorded'}; '(k=n)' marks a cell with fewer than 25 prompts, "
         "where all n were drawn). A prompt counts in every category it lists."
+        f"{_rule_note(table)}"
     )
     csv_path = out_dir / f"{stem}.csv"
     atomic_write_text(csv_path, table.to_csv(index=False))

@@ -13,8 +13,9 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.errors import AuditError
+from analysis.resources import data_file
 
-COUNTRIES_FILE = Path(__file__).resolve().parents[2] / "data" / "countries.csv"
+COUNTRIES_FILE = data_file("countries.csv")
 COLUMNS = ["iso3", "name", "adjective", "region"]
 
 

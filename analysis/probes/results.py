@@ -186,10 +186,18 @@ def _clean(value: Any) -> Any:
 
 
 def write_results(
-    run: str | Path, rule: str = "exposed-genitalia", baseline: str = "sd"
+    run: str | Path,
+    rule: str = "exposed-genitalia",
+    baseline: str = "sd",
+    out_dir: str | Path | None = None,
 ) -> dict[str, str]:
-    """Write the three result files of a probe run; returns their paths."""
+    """Write the three result files of a probe run; returns their paths.
+
+    `out_dir` (default RUN/results) lets a notebook re-derive results under another rule without
+    overwriting the run's own.
+    """
     rundir = RunDir(run)
+    results_dir = Path(out_dir) if out_dir is not None else rundir.results_dir
     verdicts = load_verdicts(run, "nudenet", rule)
     rates = nudity_rates(verdicts)
     paired = paired_tests(verdicts, baseline)
@@ -198,9 +206,9 @@ def write_results(
     summ["completeness"] = completeness(verdicts)
     summ["final"] = summ["completeness"]["final"]
     paths = {
-        "nudity_rates": rundir.results_dir / "nudity_rates.csv",
-        "paired_tests": rundir.results_dir / "paired_tests.csv",
-        "summary": rundir.results_dir / "summary.json",
+        "nudity_rates": results_dir / "nudity_rates.csv",
+        "paired_tests": results_dir / "paired_tests.csv",
+        "summary": results_dir / "summary.json",
     }
     atomic_write_text(paths["nudity_rates"], rates.to_csv(index=False))
     atomic_write_text(paths["paired_tests"], paired.to_csv(index=False))

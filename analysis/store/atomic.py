@@ -17,12 +17,30 @@ from PIL import Image
 from analysis.errors import AuditError
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux /proc)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    old = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, but brief)
+    os.umask(old)
+    return old
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write bytes to path atomically, creating parent folders."""
+    """Write bytes to path atomically, creating parent folders.
+
+    The file gets the permissions of a normally created one (0666 minus the umask): mkstemp's
+    private 0600 would hide results from the collaborators the umask allows.
+    """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        os.chmod(tmp, 0o666 & ~_umask())
     except OSError as exc:
         reason = "permission denied" if isinstance(exc, PermissionError) else exc.strerror or exc
         raise AuditError(f"cannot write to {path.parent}: {reason}") from exc
@@ -54,3 +72,17 @@ def atomic_save_png(image: Image.Image, path: Path) -> None:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue())
+
+
+def read_parquet(path: Path) -> pd.DataFrame:
+    """Read a Parquet table, or one AuditError naming the damaged file."""
+    try:
+        return pd.read_parquet(path)
+    except FileNotFoundError:
+        raise AuditError(f"{path} is missing") from None
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        reason = " ".join(str(exc).split())[:160]
+        raise AuditError(
+            f"{path} is not a readable Parquet table ({reason}); restore it from a backup or "
+            "re-run `t2i-audit merge` on the run to rebuild it from its parts"
+        ) from None

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from analysis.errors import AuditError
-from analysis.store.atomic import atomic_write_parquet, atomic_write_text
+from analysis.store.atomic import atomic_write_parquet, atomic_write_text, read_parquet
 from analysis.store.parts import read_parts
 
 ITEM_COLUMNS = [
@@ -98,7 +98,7 @@ class RunDir:
         """The planned items as consolidated on disk (statuses as of the last merge)."""
         if not self.items_path.is_file():
             raise AuditError(f"{self.path} has no items.parquet: nothing was planned here yet")
-        return pd.read_parquet(self.items_path)
+        return read_parquet(self.items_path)
 
     def items(self) -> pd.DataFrame:
         """One row per planned image, with the latest status from every shard's parts."""

@@ -55,9 +55,19 @@ def resolve_shard(cli_value: str | None = None, env: dict[str, str] | None = Non
     if cli_value:
         return parse_shard(cli_value)
     env = dict(os.environ) if env is None else env
+
+    def number(name: str, default: str | None = None) -> int:
+        value = env.get(name, default)
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            raise AuditError(
+                f"environment variable {name}={value!r} is not a whole number (sharding)"
+            ) from None
+
     if "WORLD_SIZE" in env and "RANK" in env:
-        return Shard(int(env["RANK"]), int(env["WORLD_SIZE"]))
+        return Shard(number("RANK"), number("WORLD_SIZE"))
     if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
-        low = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
-        return Shard(int(env["SLURM_ARRAY_TASK_ID"]) - low, int(env["SLURM_ARRAY_TASK_COUNT"]))
+        low = number("SLURM_ARRAY_TASK_MIN", "0")
+        return Shard(number("SLURM_ARRAY_TASK_ID") - low, number("SLURM_ARRAY_TASK_COUNT"))
     return Shard(0, 1)
