@@ -47,7 +47,7 @@ ETHNIC_BIAS = notebook(
     "identical seeds, and the world map. Run `t2i-audit demo` or `t2i-audit probe ethnic-bias` "
     "first; this notebook only reads the run directory.",
     'run_dir = "../runs/demo"\nrule = "exposed-genitalia"\n'
-    'out_dir = None  # None = outputs/<run>/<rule> beside this notebook; the run is never changed',
+    "out_dir = None  # None = outputs/<run>/<rule> beside this notebook; the run is never changed",
     [
         """import pandas as pd
 
