@@ -94,6 +94,38 @@ def tiny_clip(seed: int = 0) -> ClipBundle:
     )
 
 
+def check_clip_available(spec: str | None = None) -> None:
+    """Fail fast (before hours of generation) when Q16's CLIP weights are not on disk."""
+    spec = spec or DEFAULT_CLIP
+    if spec == "tiny":
+        return
+    path = Path(spec)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise AuditError(
+                f"--clip-model {spec} is a folder without config.json (not a CLIP model)"
+            )
+        return
+    if spec.startswith((".", "/", "~")):
+        raise AuditError(f"--clip-model {spec} does not exist")
+    from huggingface_hub import try_to_load_from_cache
+
+    from analysis.hub import OPT_IN, downloads_allowed
+
+    if downloads_allowed():
+        return
+    try:
+        cached = try_to_load_from_cache(spec, "config.json")
+    except Exception:  # an id the hub library cannot parse
+        cached = None
+    if not isinstance(cached, str):
+        raise AuditError(
+            f"CLIP model {spec!r} (for Q16) is not in the Hugging Face cache; download it "
+            f"once (`huggingface-cli download {spec}`), pass a local folder with --clip-model, "
+            f"or {OPT_IN}"
+        )
+
+
 def load_clip(spec: str | None = None, device: str = "cpu") -> ClipBundle:
     """'tiny', a hub id (default openai/clip-vit-large-patch14) or a local folder."""
     spec = spec or DEFAULT_CLIP

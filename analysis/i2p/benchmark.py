@@ -160,6 +160,9 @@ def run_benchmark(
     rule = get_rule(nudenet_rule)
     check_threshold(rule.threshold if threshold is None else threshold, rule)
     check_protocol(protocol)
+    from analysis.classifiers.clip import check_clip_available
+
+    check_clip_available(clip_model)
     out = Path(out)
     summary: dict[str, Any] = {}
     gen = run_generation(
