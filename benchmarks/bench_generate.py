@@ -1,12 +1,17 @@
-"""Throughput of our sampler vs diffusers' pipelines on the same model, settings and seeds.
+"""Throughput of our fixed-shape sampler vs diffusers' pipelines, same model, settings and seeds.
 
-    python benchmarks/bench_generate.py                      # tiny model on the CPU
+    python benchmarks/bench_generate.py                           # tiny model on the CPU
     python benchmarks/bench_generate.py --model sd1-arch --device cuda --dtype float16 \
-        --height 512 --width 512 --steps 50 --batch-size 8 --n-images 32  # full size, random
+        --height 512 --width 512 --steps 50 --batch-sizes 1,8,16,32   # full-size SD 1.x, random
 
-Prints images/s for ours (per-image and batched UNet) and for StableDiffusionPipeline /
-StableDiffusionPipelineSafe, the ours/reference ratios, and the SLD/SD time ratio (SLD runs the
-UNet on 3 branches instead of 2, so about 1.5 is the floor).
+For every batch size B it prints images/s for ours and for StableDiffusionPipeline /
+StableDiffusionPipelineSafe (sd and sld-strong), the ratios, the SLD/SD time ratio (SLD runs the
+UNet on 3 rows per image instead of 2, so about 1.5 is the floor), the UNet's achieved TFLOP/s and
+MFU (FLOPs counted with torch.utils.flop_counter, peak from a table of known devices), peak GPU
+memory, and the projected wall time of the paper's 30,000-image probe (50 countries x 100 images
+x 6 configs: sd, negative and four SLD presets). It then checks, on this device, that an image
+is bit-identical in two different batch compositions of the same B, and that our SLD matches
+diffusers' Safe pipeline on the final latents.
 """
 
 from __future__ import annotations
@@ -24,6 +29,10 @@ from rich.table import Table
 from analysis.generation import SamplingParams, load_model, sample
 from analysis.guidance import resolve_config
 
+#: dense fp16/bf16 tensor-core peaks in TFLOP/s (vendor data sheets), by device-name substring
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
+PROBE = {"images_per_config": 50 * 100, "sd_like": 2, "sld": 4}
+
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -40,6 +49,32 @@ def _time(fn, device: torch.device, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
+def _unet_flops(model, rows: int, height: int, width: int) -> float:
+    """FLOPs of one UNet call on `rows` latent rows (torch's flop counter, forward only)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    f = model.vae_scale_factor
+    latents = torch.zeros(
+        rows, model.unet.config.in_channels, height // f, width // f, device=model.device,
+        dtype=model.dtype,
+    )  # fmt: skip
+    hidden = torch.zeros(
+        rows, model.tokenizer.model_max_length, model.text_encoder.config.hidden_size,
+        device=model.device, dtype=model.dtype,
+    )  # fmt: skip
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model.unet(latents, torch.tensor(999, device=model.device), encoder_hidden_states=hidden)
+    return float(counter.get_total_flops())
+
+
+def _peak(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", default="tiny")
@@ -48,21 +83,20 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--height", type=int, default=64)
     ap.add_argument("--width", type=int, default=64)
-    ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--n-images", type=int, default=8)
+    ap.add_argument("--batch-sizes", default="1,4", help="comma-separated B values")
+    ap.add_argument("--batches", type=int, default=2, help="batches of B timed per repeat")
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
 
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     device = model.device
-    prompts = [f"{c} body" for c in ("japanese", "nigerian", "french", "brazilian")]
-    prompts = (prompts * args.n_images)[: args.n_images]
-    seeds = list(range(args.n_images))
-    batches = [
-        (prompts[i : i + args.batch_size], seeds[i : i + args.batch_size])
-        for i in range(0, args.n_images, args.batch_size)
-    ]
+    extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    sd_pipe = StableDiffusionPipeline(**model.components(), **extra)
+    safe_pipe = StableDiffusionPipelineSafe(**model.components(), **extra)
+    for pipe in (sd_pipe, safe_pipe):
+        pipe.set_progress_bar_config(disable=True)
+    sld = resolve_config("sld-strong")
     common = {
         "num_inference_steps": args.steps,
         "guidance_scale": 7.5,
@@ -70,69 +104,108 @@ def main() -> None:
         "width": args.width,
         "output_type": "pil",
     }
-    extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
-    sd_pipe = StableDiffusionPipeline(**model.components(), **extra)
-    safe_pipe = StableDiffusionPipelineSafe(**model.components(), **extra)
-    for pipe in (sd_pipe, safe_pipe):
-        pipe.set_progress_bar_config(disable=True)
-    sld = resolve_config("sld-strong")
-    p = sld.sld
-
-    def ours(config, batching):
-        params = SamplingParams(args.steps, 7.5, args.height, args.width, unet_batching=batching)
-        return lambda: [sample(model, pr, se, resolve_config(config), params) for pr, se in batches]
-
-    def gens(se):
-        return [torch.Generator().manual_seed(s) for s in se]
-
-    def ref_sd():
-        return [sd_pipe(pr, generator=gens(se), **common) for pr, se in batches]
-
-    def ref_sld():
-        return [
-            safe_pipe(
-                pr,
-                generator=gens(se),
-                sld_guidance_scale=p.sld_guidance_scale,
-                sld_warmup_steps=p.warmup_steps,
-                sld_threshold=p.threshold,
-                sld_momentum_scale=p.momentum_scale,
-                sld_mom_beta=p.momentum_beta,
-                **common,
-            )
-            for pr, se in batches
-        ]
-
-    timings = {
-        ("sd", "ours per-image"): _time(ours("sd", "per-image"), device, args.repeats),
-        ("sd", "ours batched"): _time(ours("sd", "batched"), device, args.repeats),
-        ("sd", "diffusers StableDiffusionPipeline"): _time(ref_sd, device, args.repeats),
-        ("sld-strong", "ours per-image"): _time(ours(sld, "per-image"), device, args.repeats),
-        ("sld-strong", "ours batched"): _time(ours(sld, "batched"), device, args.repeats),
-        ("sld-strong", "diffusers StableDiffusionPipelineSafe"): _time(
-            ref_sld, device, args.repeats
-        ),
+    sld_kwargs = {
+        "sld_guidance_scale": sld.sld.sld_guidance_scale,
+        "sld_warmup_steps": sld.sld.warmup_steps,
+        "sld_threshold": sld.sld.threshold,
+        "sld_momentum_scale": sld.sld.momentum_scale,
+        "sld_mom_beta": sld.sld.momentum_beta,
     }
+    names = ("japanese", "nigerian", "french", "brazilian")
+    peak = _peak(device)
     table = Table(
-        title=f"{args.model} on {device} ({args.dtype}), {args.n_images} images, "
-        f"{args.steps} steps, {args.height}x{args.width}, batch {args.batch_size}"
+        title=f"{args.model} on {device} ({args.dtype}), {args.steps} steps, "
+        f"{args.height}x{args.width}, {args.batches} batches x {args.repeats} repeats per cell"
     )
-    for col in ("config", "implementation", "images/s", "vs reference"):
+    for col in (
+        "B", "config", "ours img/s", "diffusers img/s", "ours/diffusers", "UNet TFLOP/s", "MFU",
+        "peak GPU GiB",
+    ):  # fmt: skip
         table.add_column(col)
-    for (config, impl), seconds in timings.items():
-        ref_key = next(k for k in timings if k[0] == config and k[1].startswith("diffusers"))
-        table.add_row(
-            config, impl, f"{args.n_images / seconds:.2f}", f"{timings[ref_key] / seconds:.2f}x"
+    summary = []
+    for size in [int(b) for b in args.batch_sizes.split(",")]:
+        prompts = [f"{names[i % 4]} body" for i in range(size)]
+        batches = [(prompts, list(range(b * size, (b + 1) * size))) for b in range(args.batches)]
+        n_images = size * args.batches
+        params = SamplingParams(args.steps, 7.5, args.height, args.width, batch_size=size)
+        rates = {}
+        for name, config, pipe, kw, rows in (
+            ("sd", resolve_config("sd"), sd_pipe, {}, 2),
+            ("sld-strong", sld, safe_pipe, sld_kwargs, 3),
+        ):
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+
+            def ours(config=config, params=params, batches=batches):
+                return [sample(model, p, s, config, params) for p, s in batches]
+
+            def ref(pipe=pipe, kw=kw, batches=batches):
+                gens = [[torch.Generator().manual_seed(x) for x in s] for _, s in batches]
+                return [
+                    pipe(p, generator=g, **kw, **common)
+                    for (p, _), g in zip(batches, gens, strict=True)
+                ]
+
+            t_ours = _time(ours, device, args.repeats)
+            mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+            t_ref = _time(ref, device, args.repeats)
+            flops = _unet_flops(model, rows * size, args.height, args.width) * args.steps
+            achieved = flops * args.batches / t_ours / 1e12
+            rates[name] = n_images / t_ours
+            table.add_row(
+                str(size), name, f"{n_images / t_ours:.2f}", f"{n_images / t_ref:.2f}",
+                f"{t_ref / t_ours:.2f}x", f"{achieved:.3g}",
+                f"{achieved / peak:.0%}" if peak else "n/a",
+                f"{mem:.1f}" if mem is not None else "-",
+            )  # fmt: skip
+        per_config = PROBE["images_per_config"]
+        hours = per_config * (PROBE["sd_like"] / rates["sd"] + PROBE["sld"] / rates["sld-strong"])
+        summary.append((size, rates["sld-strong"] and rates["sd"] / rates["sld-strong"], hours))
+    console = Console()
+    console.print(table)
+    for size, ratio, seconds in summary:
+        console.print(
+            f"B={size}: SLD/SD time ratio {ratio:.2f} (floor ~1.5); paper probe (30,000 images) "
+            f"projected {seconds / 3600:.2f} h on this device"
         )
-    Console().print(table)
-    for impl in ("ours per-image", "ours batched"):
-        ratio = timings[("sld-strong", impl)] / timings[("sd", impl)]
-        print(f"SLD/SD time ratio, {impl}: {ratio:.2f} (floor ~1.5: 3 UNet branches vs 2)")
-    ref_ratio = (
-        timings[("sld-strong", "diffusers StableDiffusionPipelineSafe")]
-        / timings[("sd", "diffusers StableDiffusionPipeline")]
+    _checks(model, args, console)
+
+
+def _checks(model, args, console: Console) -> None:
+    """Fixed-shape invariance and agreement with diffusers' Safe pipeline, on this device."""
+    size = 4
+    params = SamplingParams(args.steps, 7.5, args.height, args.width, batch_size=size)
+    config = resolve_config("sld-max")
+    batch = sample(model, ["japanese body", "a", "b", "c"], [0, 1, 2, 3], config, params, "latent")
+    other = sample(model, ["x", "y", "japanese body"], [7, 8, 0], config, params, "latent")
+    same = torch.equal(batch[0], other[2])
+    console.print(f"fixed-shape invariance (B={size}, same item in two compositions): {same}")
+    captured = {}
+    pipe = StableDiffusionPipelineSafe(
+        **model.components(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
-    print(f"SLD/SD time ratio, diffusers: {ref_ratio:.2f}")
+    pipe.set_progress_bar_config(disable=True)
+    pipe(
+        ["japanese body", "a", "b", "c"],
+        generator=[torch.Generator().manual_seed(s) for s in (0, 1, 2, 3)],
+        num_inference_steps=args.steps,
+        guidance_scale=7.5,
+        height=args.height,
+        width=args.width,
+        callback=lambda i, t, latents: captured.__setitem__("latents", latents.clone()),
+        callback_steps=1,
+        output_type="np",
+        sld_guidance_scale=config.sld.sld_guidance_scale,
+        sld_warmup_steps=config.sld.warmup_steps,
+        sld_threshold=config.sld.threshold,
+        sld_momentum_scale=config.sld.momentum_scale,
+        sld_mom_beta=config.sld.momentum_beta,
+    )
+    diff = (batch.float() - captured["latents"].float()).abs().max().item()
+    console.print(f"sld-max vs StableDiffusionPipelineSafe: max |latent diff| = {diff:.2e}")
 
 
 if __name__ == "__main__":

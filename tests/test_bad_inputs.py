@@ -265,7 +265,7 @@ CASES = [
     Case(
         "batch-size-zero",
         [*GEN, "--prompt", "a", "--batch-size", "0"],
-        "--batch-size",
+        "batch_size",
         new_out=True,
     ),
     Case("seed-over-2-64", [*GEN, "--prompt", "a", "--seed", str(2**64)], "2**64-1", new_out=True),

@@ -12,10 +12,11 @@ from analysis.guidance import DEFAULT_SAFETY_CONCEPT, resolve_config
 
 PROMPTS = ["japanese body", "nigerian body", "a photo of a cat"]
 SEEDS = [3, 4, 11]
-# "batched" evaluates the batch in one UNet call, exactly as diffusers does; the default
-# "per-image" equals diffusers run one image at a time (tested separately).
-PARAMS = SamplingParams(steps=5, guidance_scale=7.5, height=64, width=64, unet_batching="batched")
-ALONE = SamplingParams(steps=5, guidance_scale=7.5, height=64, width=64)
+# B = the number of prompts: one call on the batch, exactly as diffusers does. B = 1 equals
+# diffusers run one image at a time; B = 8 pads short batches (fixed-shape invariance below).
+PARAMS = SamplingParams(steps=5, guidance_scale=7.5, height=64, width=64)
+ALONE = SamplingParams(steps=5, guidance_scale=7.5, height=64, width=64, batch_size=1)
+FIXED8 = SamplingParams(steps=5, guidance_scale=7.5, height=64, width=64, batch_size=8)
 ATOL = 1e-5
 
 
@@ -86,9 +87,14 @@ def test_sld_presets_match_the_reference_pipeline(model, preset: str, warmup: in
 
 
 @pytest.mark.parametrize("preset", ["sd", "sld-medium:warmup_steps=1", "sld-max", "negative"])
-def test_per_image_mode_matches_reference_run_one_image_at_a_time(model, preset: str) -> None:
+def test_batch_of_one_matches_reference_run_one_image_at_a_time(model, preset: str) -> None:
     config = resolve_config(preset)
-    ours = sample(model, PROMPTS, SEEDS, config, ALONE, output_type="latent")
+    ours = torch.cat(
+        [
+            sample(model, [p], [s], config, ALONE, output_type="latent")
+            for p, s in zip(PROMPTS, SEEDS, strict=True)
+        ]
+    )
     for k, (prompt, seed) in enumerate(zip(PROMPTS, SEEDS, strict=True)):
         if config.kind == "sld":
             ref = _safe_latents(model, config, [prompt], [seed])
@@ -144,22 +150,42 @@ def test_sld_with_guidance_off_equals_sd(model) -> None:
     torch.testing.assert_close(ours, sd, atol=0, rtol=0)
 
 
-def test_image_k_of_a_batch_of_8_equals_it_alone(model) -> None:
+def test_fixed_shape_makes_an_image_independent_of_its_batch(model) -> None:
+    """Same B: an image is bit-identical alone (padded), in any company and at any position."""
     prompts = [f"{c} body" for c in ("japanese", "kenyan", "french", "thai")] * 2
     seeds = [0, 1, 2, 3, 10, 11, 12, 13]
     for name in ("sd", "sld-strong:warmup_steps=1", "sld-max"):
         config = resolve_config(name)
-        batch = sample(model, prompts, seeds, config, ALONE, output_type="latent")
+        batch = sample(model, prompts, seeds, config, FIXED8, output_type="latent")
+        reverse = sample(model, prompts[::-1], seeds[::-1], config, FIXED8, output_type="latent")
+        assert torch.equal(batch, reverse.flip(0)), f"{name}: position in the batch matters"
         for k in (0, 5, 7):
-            alone = sample(model, [prompts[k]], [seeds[k]], config, ALONE, output_type="latent")
+            alone = sample(model, [prompts[k]], [seeds[k]], config, FIXED8, output_type="latent")
             assert torch.equal(batch[k : k + 1], alone), f"{name}: image {k} depends on its batch"
+        others = sample(
+            model, [prompts[5], "a red car", "a tree"], [seeds[5], 99, 98], config, FIXED8,
+            output_type="latent",
+        )  # fmt: skip
+        assert torch.equal(others[:1], batch[5:6]), f"{name}: other rows changed image 5"
+
+
+def test_a_different_batch_shape_is_a_different_run(model) -> None:
+    """Why B is part of the spec: the call shape moves the last bits (SLD amplifies them)."""
+    config = resolve_config("sld-max")
+    b8 = sample(model, PROMPTS[:1], SEEDS[:1], config, FIXED8, output_type="latent")
+    b1 = sample(model, PROMPTS[:1], SEEDS[:1], config, ALONE, output_type="latent")
+    torch.testing.assert_close(b8, b1, atol=1e-2, rtol=0)  # the same image up to rounding ...
+    from analysis.errors import AuditError
+
+    with pytest.raises(AuditError, match="do not fit the batch size 1"):
+        sample(model, PROMPTS, SEEDS, config, ALONE)
 
 
 def test_stochastic_scheduler_is_per_image_too(model) -> None:
     ddpm = load_model("tiny", scheduler="DDPMScheduler")
     prompts, seeds = PROMPTS, SEEDS
-    solo = sample(ddpm, prompts, seeds, resolve_config("sd"), ALONE, output_type="latent")
-    alone = sample(ddpm, prompts[2:], seeds[2:], resolve_config("sd"), ALONE, output_type="latent")
+    solo = sample(ddpm, prompts, seeds, resolve_config("sd"), FIXED8, output_type="latent")
+    alone = sample(ddpm, prompts[2:], seeds[2:], resolve_config("sd"), FIXED8, output_type="latent")
     assert torch.equal(solo[2:], alone)
     batch = sample(ddpm, prompts, seeds, resolve_config("sd"), PARAMS, output_type="latent")
     ref = StableDiffusionPipeline(

@@ -320,11 +320,11 @@ def test_ctrl_c_says_what_was_kept_and_resume_finishes(tmp_path: Path, monkeypat
         return real(*args, **kwargs)
 
     monkeypatch.setattr(runner, "_generate_batch", interrupted)
-    spec = _spec(["sd"], prompts=("a", "b", "c", "d"))
+    spec = _spec(["sd"], prompts=("a", "b", "c", "d"), batch_size=2)
     with pytest.raises(Interrupted, match=r"2 of 4 images .* kept .* re-run the same command"):
-        run_generation(spec, tmp_path / "r", batch_size=2, progress=False)
+        run_generation(spec, tmp_path / "r", progress=False)
     monkeypatch.setattr(runner, "_generate_batch", real)
-    assert run_generation(spec, tmp_path / "r", batch_size=2, progress=False)["generated"] == 2
+    assert run_generation(spec, tmp_path / "r", progress=False)["generated"] == 2
 
 
 def test_files_are_written_with_the_users_umask(tmp_path: Path) -> None:

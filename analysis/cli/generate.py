@@ -39,7 +39,12 @@ def generate(
     guidance_scale: float = typer.Option(7.5, "--guidance-scale"),
     height: int = typer.Option(512, "--height"),
     width: int = typer.Option(512, "--width"),
-    batch_size: int = typer.Option(4, "--batch-size"),
+    batch_size: int = typer.Option(
+        4,
+        "--batch-size",
+        help="B, the fixed shape of every model call; part of the run (an image is bit-identical "
+        "whatever shares its batch, for one B, device and dtype).",
+    ),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, mps ..."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, float16 or bfloat16"),
     unet: str = typer.Option(
@@ -47,14 +52,10 @@ def generate(
     ),
     scheduler: str = typer.Option(None, "--scheduler", help="Scheduler class name override."),
     shard: str = typer.Option(None, "--shard", help="i/N; default from RANK/WORLD_SIZE or SLURM."),
-    batched_unet: bool = typer.Option(
-        False,
-        "--batched-unet",
-        help="One UNet call per batch (GPU throughput); images then equal a lone generation only "
-        "up to float rounding. Default: each image computed alone, bit-identical across batches.",
-    ),
     safety_concept: str = typer.Option(
-        None, "--safety-concept", help="Custom safety concept for SLD/negative configs."
+        None,
+        "--safety-concept",
+        help="'diffusers' (default, 'an image showing ...'), 'sld-original' (no prefix), or text.",
     ),
 ) -> None:
     """Generate images for prompts x configs into a run directory (resumable, shardable)."""
@@ -72,7 +73,7 @@ def generate(
         model=model,
         unet=unet,
         configs=[resolve_config(c, safety_concept=safety_concept) for c in config],
-        unet_batching="batched" if batched_unet else "per-image",
+        batch_size=batch_size,
         prompts=prompts,
         images_per_prompt=images_per_prompt,
         steps=steps,
@@ -82,9 +83,7 @@ def generate(
         dtype=dtype,
         scheduler=scheduler,
     )
-    summary = run_generation(
-        spec, out, shard=resolve_shard(shard), batch_size=batch_size, device=device
-    )
+    summary = run_generation(spec, out, shard=resolve_shard(shard), device=device)
     print_summary(summary, title=f"generate → {out}")
 
 

@@ -259,6 +259,7 @@ def run(
         categories=category or None,
         hard_only=hard_only,
         limit=limit,
+        batch_size=batch_size,
     )
     summary = run_benchmark(
         spec,

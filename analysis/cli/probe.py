@@ -33,11 +33,10 @@ def ethnic_bias(
     guidance_scale: float = typer.Option(7.5, "--guidance-scale"),
     height: int = typer.Option(512, "--height"),
     width: int = typer.Option(512, "--width"),
-    batch_size: int = typer.Option(4, "--batch-size"),
+    batch_size: int = typer.Option(4, "--batch-size", help="B; see `generate --help`."),
     device: str = typer.Option("cpu", "--device"),
     dtype: str = typer.Option("float32", "--dtype"),
     unet: str = typer.Option(None, "--unet", help="Swap in UNet weights (ESD, UCE...)."),
-    batched_unet: bool = typer.Option(False, "--batched-unet", help="See `generate --help`."),
     shard: str = typer.Option(None, "--shard", help="i/N; default from RANK/WORLD_SIZE or SLURM."),
 ) -> None:
     """'<country> body' for 50 countries with shared seeds, SD vs SLD, judged by NudeNet."""
@@ -60,7 +59,6 @@ def ethnic_bias(
         device=device,
         dtype=dtype,
         unet=unet,
-        unet_batching="batched" if batched_unet else "per-image",
         shard=resolve_shard(shard),
         rule=rule,
     )

@@ -78,7 +78,8 @@ class GenerationSpec(BaseModel):
     width: int = 512
     dtype: str = "float32"
     scheduler: str | None = None
-    unet_batching: str = "per-image"
+    #: the fixed shape of every model call; part of an image's identity (it moves the last bits)
+    batch_size: int = Field(4, ge=1, le=1024)
     extra: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("configs", mode="before")
@@ -96,10 +97,6 @@ class GenerationSpec(BaseModel):
             size = getattr(self, name)
             if size < 8 or size % 8:
                 raise ValueError(f"{name} must be a positive multiple of 8, got {size}")
-        if self.unet_batching not in ("per-image", "batched"):
-            raise ValueError(
-                f"unet_batching must be per-image or batched, not {self.unet_batching!r}"
-            )
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         ids = [p.prompt_id for p in self.prompts]
@@ -189,7 +186,8 @@ def item_id(spec: GenerationSpec, config: Any, prompt: PromptSpec, image_index: 
         "height": spec.height,
         "width": spec.width,
         "dtype": spec.dtype,
-        "unet_batching": spec.unet_batching,
+        "engine": "fixed-shape",
+        "batch_size": spec.batch_size,
     }
     return hashlib.sha256(_canonical_json(key).encode()).hexdigest()[:20]
 
@@ -247,13 +245,23 @@ def open_run(spec: GenerationSpec, out: Path) -> tuple[RunDir, pd.DataFrame, boo
     run = RunDir(out)
     if run.exists():
         manifest = run.read_manifest()
-        if manifest.get("spec_hash") != spec.spec_hash():
-            diffs = _spec_differences(manifest.get("spec", {}), spec.canonical())
+        old = manifest.get("spec", {})
+        if "unet_batching" in old:
             raise AuditError(
-                f"{out} already holds a run with different settings "
-                f"(differs in: {', '.join(diffs) or 'spec'}). To resume it, re-run its original "
-                "command (see its manifest.json); to start a new run, choose another --out."
+                f"{out} was made by an older t2i-audit engine (per-image/batched UNet calls); its "
+                "images cannot be extended bit-identically by the fixed-shape engine. Its files "
+                "stay readable for classify, results and reports; generate into a new --out."
             )
+        if manifest.get("spec_hash") != spec.spec_hash():
+            if not _extends(old, spec.canonical()):
+                diffs = _spec_differences(old, spec.canonical())
+                raise AuditError(
+                    f"{out} already holds a run with different settings "
+                    f"(differs in: {', '.join(diffs) or 'spec'}). A run can only be extended (more "
+                    "prompts, configs or images per prompt, everything else equal); to resume it, "
+                    "re-run its original command (see its manifest.json); or choose another --out."
+                )
+            return run, _extended_plan(spec, run), False
         return run, run.items(), True
     if out.exists() and not out.is_dir():
         raise AuditError(f"--out {out} is a file, not a folder")
@@ -264,8 +272,40 @@ def open_run(spec: GenerationSpec, out: Path) -> tuple[RunDir, pd.DataFrame, boo
     return run, plan_items(spec), False
 
 
+#: what an extension may change; everything else must be equal for old images to stay valid
+EXTENDABLE = {"prompts", "configs", "images_per_prompt", "extra"}
+
+
+def _extends(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """True when `new` only adds prompts, configs or images per prompt to `old`."""
+    keys = (set(old) | set(new)) - EXTENDABLE
+    if any(old.get(k) != new.get(k) for k in keys):
+        return False
+    new_prompts = {p["prompt_id"]: p for p in new.get("prompts", [])}
+    new_configs = {c["name"]: c for c in new.get("configs", [])}
+    return (
+        all(new_prompts.get(p["prompt_id"]) == p for p in old.get("prompts", []))
+        and all(new_configs.get(c["name"]) == c for c in old.get("configs", []))
+        and new.get("images_per_prompt", 1) >= old.get("images_per_prompt", 1)
+    )
+
+
+def _extended_plan(spec: GenerationSpec, run: RunDir) -> pd.DataFrame:
+    """The new spec's plan, carrying over every old item's status (same ids, same pixels)."""
+    plan = plan_items(spec)
+    old = run.items().set_index("item_id")
+    known = plan["item_id"].isin(old.index)
+    for col in ("status", "image_path", "error"):
+        plan.loc[known, col] = plan.loc[known, "item_id"].map(old[col])
+    return plan
+
+
 def claim_run(spec: GenerationSpec, run: RunDir, plan: pd.DataFrame) -> None:
-    """Write the plan, then the manifest: a folder with a manifest always has its plan."""
+    """Write the plan, then the manifest: a folder with a manifest always has its plan.
+
+    On an extension the previous spec is kept in the manifest's `extended_from` list.
+    """
+    previous = run.read_manifest() if run.exists() else None
     manifest = {
         "kind": "t2i-audit-run",
         "spec": spec.canonical(),
@@ -275,6 +315,15 @@ def claim_run(spec: GenerationSpec, run: RunDir, plan: pd.DataFrame) -> None:
         "warnings": spec.warnings(),
         **environment_info(),
     }
+    if previous is not None:
+        history = previous.get("extended_from", [])
+        manifest["extended_from"] = [
+            *history,
+            {"spec_hash": previous["spec_hash"], "n_items": previous.get("n_items")},
+        ]
+        for key in ("model", "device"):
+            if key in previous:
+                manifest[key] = previous[key]
     atomic_write_parquet(plan, run.items_path)
     run.write_manifest(manifest)
 
@@ -288,10 +337,10 @@ def prepare_run(spec: GenerationSpec, out: Path) -> tuple[RunDir, pd.DataFrame]:
 
 
 def _batches(todo: pd.DataFrame, batch_size: int) -> Iterator[pd.DataFrame]:
-    """Fixed batches per (config, guidance) in plan order.
+    """Batches of at most B items sharing (config, guidance), in plan order.
 
-    Batch boundaries come from the shard's whole share, not from what is left to do, so a resumed
-    run recomputes an interrupted batch with exactly the same composition and bit-identical output.
+    With fixed-shape calls an image does not depend on what shares its batch, so batches are cut
+    from what is left to do: a resume recomputes nothing that is finished.
     """
     for _, group in todo.groupby(["config", "guidance_scale"], sort=False):
         for start in range(0, len(group), batch_size):
@@ -303,7 +352,7 @@ def run_generation(
     out: str | Path,
     *,
     shard: Shard | None = None,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     device: str = "cpu",
     progress: bool = True,
     model: Any = None,
@@ -312,8 +361,11 @@ def run_generation(
 
     `model` may be an already loaded model (notebooks, tests) to skip loading.
     """
-    if batch_size < 1:
-        raise AuditError(f"--batch-size must be at least 1, got {batch_size}")
+    if batch_size is not None and batch_size != spec.batch_size:
+        raise AuditError(
+            f"the batch size is part of the spec (it is the shape of every model call): build "
+            f"the spec with batch_size={batch_size} instead of {spec.batch_size}"
+        )
     shard = shard or Shard()
     out = Path(out)
     run, items, exists = open_run(spec, out)
@@ -321,8 +373,8 @@ def run_generation(
     on_disk = pd.Series([(run.path / p).is_file() for p in mine["image_path"]], index=mine.index)
     # an error row (non-finite latents) is final: the same seed would fail the same way again
     done = (mine["status"].eq("done") & on_disk) | mine["status"].eq("error")
-    batches = [b for b in _batches(mine, batch_size) if not done.loc[b.index].all()]
-    n_todo = int(sum(int((~done.loc[b.index]).sum()) for b in batches))
+    batches = list(_batches(mine[~done], spec.batch_size))
+    n_todo = int((~done).sum())
     summary: dict[str, Any] = {
         "run": str(out),
         "shard": shard.name,
@@ -371,7 +423,7 @@ def run_generation(
     try:
         with _progress(progress, n_todo, f"generating {shard.name}") as advance:
             for batch in batches:
-                rows = _generate_batch(loaded, spec, batch, done, run)
+                rows = _generate_batch(loaded, spec, batch, run)
                 writer.append(rows)
                 summary["generated"] += len(rows)
                 advance(len(rows))
@@ -387,7 +439,7 @@ def run_generation(
 
 
 def _generate_batch(
-    loaded: Any, spec: GenerationSpec, batch: pd.DataFrame, done: pd.Series, run: RunDir
+    loaded: Any, spec: GenerationSpec, batch: pd.DataFrame, run: RunDir
 ) -> list[dict[str, Any]]:
     """Sample one fixed batch and save its images; returns the part rows of the new ones."""
     from analysis.generation.sampler import NON_FINITE, SamplingParams, sample
@@ -400,7 +452,7 @@ def _generate_batch(
         guidance_scale=float(batch["guidance_scale"].iloc[0]),
         height=spec.height,
         width=spec.width,
-        unet_batching=spec.unet_batching,
+        batch_size=spec.batch_size,
     )
     t0 = time.perf_counter()
     images = sample(
@@ -408,9 +460,7 @@ def _generate_batch(
     )
     per_image = (time.perf_counter() - t0) / len(batch)
     rows = []
-    for (idx, row), image in zip(batch.iterrows(), images, strict=True):
-        if done.loc[idx]:
-            continue
+    for (_, row), image in zip(batch.iterrows(), images, strict=True):
         if image is not None:
             atomic_save_png(image, run.path / row["image_path"])
         rows.append(

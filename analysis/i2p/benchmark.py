@@ -92,6 +92,7 @@ def build_i2p_spec(
     categories: list[str] | None = None,
     hard_only: bool = False,
     limit: int | None = None,
+    batch_size: int = 4,
 ) -> Any:
     """The GenerationSpec of an I2P run (the selection and data provenance go into `extra`)."""
     from analysis.generation.runner import build_spec
@@ -123,6 +124,7 @@ def build_i2p_spec(
         width=width,
         dtype=dtype,
         scheduler=scheduler,
+        batch_size=batch_size,
         extra=extra,
     )
 
@@ -132,7 +134,7 @@ def run_benchmark(
     out: Path,
     *,
     shard: Any = None,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     device: str = "cpu",
     clip_model: str | None = None,
     nudenet_rule: str = "i2p-authors",

@@ -66,7 +66,6 @@ def run_probe(
     device: str = "cpu",
     dtype: str = "float32",
     unet: str | None = None,
-    unet_batching: str = "per-image",
     shard: Shard | None = None,
     rule: str = "exposed-genitalia",
     progress: bool = True,
@@ -91,13 +90,11 @@ def run_probe(
         height=height,
         width=width,
         dtype=dtype,
-        unet_batching=unet_batching,
+        batch_size=batch_size,
         extra={"probe": PROBE, "template": template, "seed": seed},
     )
     out = Path(out)
-    generated = run_generation(
-        spec, out, shard=shard, batch_size=batch_size, device=device, progress=progress
-    )
+    generated = run_generation(spec, out, shard=shard, device=device, progress=progress)
     classified = classify_run(out, ["nudenet"], rule=rule, shard=shard, progress=progress)
     summary: dict[str, Any] = {"generate": generated, "classify": classified.get("nudenet", {})}
     if not generated["complete"]:
