@@ -5,7 +5,14 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test lint figures bench clean
+.PHONY: setup demo test lint figures bench clean wheelhouse
+
+# Offline GPU nodes: `make wheelhouse PYTHON_VERSION=3.12` downloads every wheel the project needs
+# except torch (install your CUDA torch there first) into $(WHEELHOUSE); copy it over, then
+#   pip install --no-index --find-links $(WHEELHOUSE) -e '.[all]'
+PYTHON_VERSION ?= 3.12
+WHEELHOUSE ?= .whl
+EXTRAS ?= all
 
 setup: $(STAMP)
 
@@ -43,3 +50,6 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+wheelhouse: $(STAMP)
+	$(PY) tools/wheelhouse.py --python-version $(PYTHON_VERSION) --extras $(EXTRAS) --dest $(WHEELHOUSE)

@@ -42,6 +42,7 @@ def draw_figures(run: str | Path) -> list[Path]:
         dumbbells(paired, rates, f"SD vs mitigation on the same seeds{mark}"),
         out / "nudity_dumbbell",
     )
+    written += draw_paper_figures(rates, paired, run, mark)
     return written
 
 
@@ -76,3 +77,31 @@ def _provisional_mark(run: Path) -> str:
         return ""
     missing = counts.get("not_generated", 0) + counts.get("not_scored", 0)
     return f" (PROVISIONAL: {missing} of {counts.get('planned')} images without a verdict yet)"
+
+
+def draw_paper_figures(
+    rates: pd.DataFrame, paired: pd.DataFrame, run: Path, mark: str = ""
+) -> list[Path]:
+    """Static PDF/SVG/PNG versions for the paper into RUN/figures/ and the LaTeX table into
+    RUN/results/ (beside nudity_rates.csv), from the same tables as the plotly figures."""
+    import re
+
+    from analysis.figures.latex import rates_table_tex, write_tex
+    from analysis.figures.static import (
+        country_rates_figure,
+        dumbbell_figure,
+        rate_map_figure,
+        save_static,
+    )
+
+    out = run / "figures"
+    written: list[Path] = []
+    written += save_static(country_rates_figure(rates, mark.strip()), out / "paper_country_rates")
+    written += save_static(dumbbell_figure(paired, mark.strip()), out / "paper_dumbbell")
+    vmax = float(rates["rate"].max(skipna=True)) if len(rates) else 0.0
+    for config in dict.fromkeys(rates["config"].astype(str)):
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", config)
+        fig = rate_map_figure(rates, config, f"{config}{mark}", vmax=vmax)
+        written += save_static(fig, out / f"paper_map_{stem}")
+    written.append(write_tex(rates_table_tex(rates), run / "results" / "nudity_rates.tex"))
+    return written

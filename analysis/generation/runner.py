@@ -417,6 +417,13 @@ def run_generation(
         manifest["model"] = runtime["model"]
         manifest["device"] = runtime["device"]
         run.write_manifest(manifest)
+    first = (manifest.get("model") or {}).get("device_name")
+    now = runtime["model"].get("device_name")
+    if first and now and first != now:
+        summary["warning"] = (
+            f"this run started on {first} and continues on {now}: the same B and dtype on other "
+            "hardware may differ in the last bits"
+        )
 
     writer = PartWriter(run, "generate", shard)
     started = time.perf_counter()
@@ -427,6 +434,14 @@ def run_generation(
                 writer.append(rows)
                 summary["generated"] += len(rows)
                 advance(len(rows))
+    except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is one
+        if "out of memory" not in str(exc).lower():
+            raise
+        raise AuditError(
+            f"a batch of {spec.batch_size} does not fit on {runtime['device']} "
+            f"({runtime['model'].get('device_name', '')}); {summary['generated']} images were "
+            "kept. Use a smaller --batch-size: B is part of the run, so give it a new --out"
+        ) from None
     except KeyboardInterrupt:
         raise Interrupted(
             f"interrupted: {summary['already_done'] + summary['generated']} of "

@@ -1,0 +1,163 @@
+"""What an audit file asks for, per model and part, and how much of it is already on disk.
+
+The generation specs are built exactly as the probe and I2P commands build them, so the item ids
+planned here are the ones the run will skip or generate. Nothing here writes to disk.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from analysis.audit.spec import AuditSpec, ModelEntry
+from analysis.errors import AuditError
+
+#: the folder of each part under <out>/<model name>/
+FOLDERS = {"probe": "ethnic-bias", "i2p": "i2p", "knn": "ethnic-bias"}
+
+
+@dataclass
+class PartPlan:
+    """One model x part: planned images, those done, and what is left per config."""
+
+    model: str
+    part: str
+    folder: Path
+    planned: int = 0
+    done: int = 0
+    left_by_config: dict[str, int] = field(default_factory=dict)
+    note: str | None = None
+
+    @property
+    def left(self) -> int:
+        return sum(self.left_by_config.values())
+
+
+def part_folder(out: Path, entry: ModelEntry, part: str) -> Path:
+    return Path(out) / entry.name / FOLDERS[part]
+
+
+def probe_spec(audit: AuditSpec, entry: ModelEntry) -> Any:
+    """The probe's GenerationSpec, as `analysis.probes.ethnic_bias.run_probe` builds it."""
+    from analysis.generation.runner import build_spec
+    from analysis.probes.ethnic_bias import PROBE, probe_prompts
+
+    probe, s = audit.probe, audit.sampler
+    assert probe is not None
+    return build_spec(
+        model=entry.model,
+        unet=entry.unet,
+        configs=list(audit.configs),
+        prompts=probe_prompts(probe.countries, probe.template, s.seed),
+        images_per_prompt=probe.images_per_country,
+        steps=s.steps,
+        guidance_scale=s.guidance_scale,
+        height=s.height,
+        width=s.width,
+        dtype=entry.dtype,
+        batch_size=s.batch_size,
+        extra={"probe": PROBE, "template": probe.template, "seed": s.seed},
+    )
+
+
+def i2p_spec(audit: AuditSpec, entry: ModelEntry) -> Any:
+    """The I2P run's GenerationSpec, as `t2i-audit i2p run` builds it."""
+    from analysis.i2p.benchmark import build_i2p_spec
+    from analysis.i2p.loader import load_i2p
+
+    i2p, s = audit.i2p, audit.sampler
+    assert i2p is not None
+    return build_i2p_spec(
+        load_i2p(i2p.data),
+        model=entry.model,
+        configs=list(audit.configs),
+        images_per_prompt=i2p.images_per_prompt,
+        steps=s.steps,
+        guidance_scale=s.guidance_scale,
+        dataset_guidance=i2p.dataset_guidance,
+        height=s.height,
+        width=s.width,
+        dtype=entry.dtype,
+        unet=entry.unet,
+        categories=i2p.categories or None,
+        hard_only=i2p.hard_only,
+        limit=i2p.limit,
+        batch_size=s.batch_size,
+    )
+
+
+def plan_part(audit: AuditSpec, entry: ModelEntry, part: str, out: Path) -> PartPlan:
+    """Planned and done images of one part; a problem (missing unet file, a folder holding
+    another run) becomes the plan's note instead of an exception."""
+    from analysis.generation.runner import open_run
+
+    folder = part_folder(out, entry, part)
+    plan = PartPlan(entry.name, part, folder)
+    if part == "knn":
+        assert audit.knn is not None
+        plan.note = f"dataset side: {audit.knn.k} nearest images per country (no generation)"
+        return plan
+    try:
+        spec = probe_spec(audit, entry) if part == "probe" else i2p_spec(audit, entry)
+        run, items, _ = open_run(spec, folder)
+    except AuditError as exc:
+        plan.note = str(exc)
+        return plan
+    on_disk = items["image_path"].map(lambda p: (run.path / p).is_file())
+    done = (items["status"].eq("done") & on_disk) | items["status"].eq("error")
+    plan.planned, plan.done = len(items), int(done.sum())
+    plan.left_by_config = {str(k): int(v) for k, v in items[~done]["config"].value_counts().items()}
+    return plan
+
+
+def plan_audit(audit: AuditSpec, out: Path) -> list[PartPlan]:
+    """Every model x enabled part, in run order."""
+    return [plan_part(audit, e, part, out) for e in audit.models for part in audit.parts()]
+
+
+def estimate_seconds(audit: AuditSpec, entry: ModelEntry, left_by_config: dict[str, int]) -> float:
+    """Estimated generation time of what is left: one batch of B timed at 1 and 2 steps per
+    guidance kind (sd/negative/sld differ in cost), extrapolated linearly to the run's steps.
+
+    Loads the model on the audit's device (seconds for `tiny`, longer for a real model).
+    """
+    from analysis.generation.models import load_model
+    from analysis.generation.sampler import SamplingParams, sample
+    from analysis.guidance import resolve_config
+
+    if not any(left_by_config.values()):
+        return 0.0
+    s = audit.sampler
+    model = load_model(entry.model, unet=entry.unet, device=s.device, dtype=entry.dtype)
+    configs = {c.name: c for c in (resolve_config(v) for v in audit.configs)}
+    prompts, seeds = ["a photo"] * s.batch_size, list(range(s.batch_size))
+
+    def timed(config: Any, steps: int) -> float:
+        params = SamplingParams(
+            steps=steps,
+            guidance_scale=s.guidance_scale,
+            height=s.height,
+            width=s.width,
+            batch_size=s.batch_size,
+        )
+        started = time.perf_counter()
+        sample(model, prompts, seeds, config, params)
+        return time.perf_counter() - started
+
+    per_kind: dict[str, float] = {}
+    first = next(iter(configs.values()))
+    timed(first, 1)  # warm-up: first-call allocation and kernel selection
+    total = 0.0
+    for name, left in left_by_config.items():
+        config = configs.get(name)
+        if config is None or not left:
+            continue
+        if config.kind not in per_kind:
+            one, two = timed(config, 1), timed(config, 2)
+            step = max(two - one, 0.0)
+            per_kind[config.kind] = max(one - step, 0.0) + step * s.steps
+        total += math.ceil(left / s.batch_size) * per_kind[config.kind]
+    return total
