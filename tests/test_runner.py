@@ -233,3 +233,27 @@ def test_cli_generate_summary_and_errors(tmp_path: Path) -> None:
         text=True,
     )
     assert proc.returncode == 2 and "error:" in proc.stderr and "sld-strong" in proc.stderr
+
+
+def test_merge_compacts_parts_without_losing_a_row(tmp_path: Path) -> None:
+    from analysis.store.parts import part_sizes, retire_parts
+
+    out = tmp_path / "run"
+    for i in range(2):
+        run_generation(_spec(batch_size=2), out, shard=Shard(i, 2), progress=False)
+    before = RunDir(out).items()
+    result = CliRunner().invoke(app, ["merge", str(out)])
+    assert result.exit_code == 0, result.output
+    run = RunDir(out)
+    assert not list((out / "parts" / "generate").glob("*.jsonl")), "covered parts are retired"
+    assert len(list((out / "parts" / "generate" / "merged").glob("*.jsonl"))) == 2
+    pd.testing.assert_frame_equal(run.items(), before)
+    assert run_generation(_spec(batch_size=2), out, progress=False)["generated"] == 0
+    # a part that grows after its size was taken is not retired; rows appended later are read
+    part = out / "parts" / "generate" / "late.jsonl"
+    part.write_text(json.dumps({"item_id": before["item_id"].iloc[0], "status": "error"}) + "\n")
+    covered = part_sizes(run, "generate")
+    with open(part, "a") as fh:
+        fh.write(json.dumps({"item_id": before["item_id"].iloc[1], "status": "error"}) + "\n")
+    assert retire_parts(run, "generate", covered) == 0
+    assert (run.items()["status"] == "error").sum() == 2

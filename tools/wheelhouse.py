@@ -29,10 +29,12 @@ PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x8
 
 
 def project_requirements(extras: set[str]) -> list[str]:
-    """The project's dependencies plus those of the extras (self-references expanded)."""
-    project = tomllib.loads(Path("pyproject.toml").read_text())["project"]
+    """Build requirements, dependencies and those of the extras (self-references expanded)."""
+    pyproject = tomllib.loads(Path("pyproject.toml").read_text())
+    project = pyproject["project"]
     table = project.get("optional-dependencies", {})
-    todo, seen, reqs = list(extras), set(), list(project["dependencies"])
+    build = pyproject.get("build-system", {}).get("requires", [])
+    todo, seen, reqs = list(extras), set(), [*build, *project["dependencies"]]
     while todo:
         name = todo.pop()
         if name in seen:

@@ -29,6 +29,7 @@ from analysis.store import (
     read_parts,
 )
 from analysis.store.atomic import read_parquet
+from analysis.store.parts import part_sizes, retire_parts
 from analysis.store.provenance import environment_info
 
 CLASSIFIERS = ("nudenet", "q16")
@@ -130,15 +131,21 @@ def read_scores(run: RunDir, classifier: str) -> pd.DataFrame:
     return table.drop_duplicates(["item_id", "model_sha256"], keep="last").reset_index(drop=True)
 
 
-def consolidate_scores(run: Path | RunDir) -> dict[str, int]:
-    """Write scores/<classifier>.parquet from all shards' parts; returns row counts."""
+def consolidate_scores(run: Path | RunDir, compact: bool = False) -> dict[str, int]:
+    """Write scores/<classifier>.parquet from all shards' parts; returns row counts.
+
+    compact=True retires the part files the tables now cover (see store.parts.retire_parts).
+    """
     run = run if isinstance(run, RunDir) else RunDir(run)
     counts = {}
     for name in CLASSIFIERS:
+        covered = part_sizes(run, f"classify-{name}")
         table = read_scores(run, name)
         if not table.empty:
             atomic_write_parquet(table[SCORE_COLUMNS], run.scores_dir / f"{name}.parquet")
             counts[name] = len(table)
+            if compact:
+                retire_parts(run, f"classify-{name}", covered)
     return counts
 
 

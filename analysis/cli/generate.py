@@ -88,20 +88,21 @@ def generate(
 
 
 def merge(run: Path = typer.Argument(..., help="Run directory whose shards to combine.")) -> None:
-    """Consolidate every shard's parts into items.parquet and scores/*.parquet."""
+    """Consolidate every shard's parts into items.parquet and scores/*.parquet, then compact.
+
+    The part files now covered move to parts/<stage>/merged/, so later reads parse only rows
+    added since; shards still running keep appending safely.
+    """
     from analysis.store import RunDir
 
     rundir = RunDir(run)
     rundir.read_manifest()
-    items = rundir.consolidate_items()
+    items = rundir.consolidate_items(compact=True)
     merged = {"items": len(items), "done": int((items["status"] == "done").sum())}
-    try:
-        from analysis.classifiers import consolidate_scores
-    except ImportError:
-        consolidate_scores = None
-    if consolidate_scores is not None:
-        for name, n in consolidate_scores(rundir.path).items():
-            merged[f"scores/{name}"] = n
+    from analysis.classifiers import consolidate_scores
+
+    for name, n in consolidate_scores(rundir.path, compact=True).items():
+        merged[f"scores/{name}"] = n
     print_summary(merged, title=f"merge → {run}")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -80,3 +81,41 @@ def read_parts(run: RunDir, stage: str) -> pd.DataFrame:
                 if isinstance(row, dict):
                     rows.append(row)
     return pd.DataFrame(rows)
+
+
+def part_sizes(run: RunDir, stage: str) -> dict[Path, int]:
+    """Byte size of every part file of a stage now: what a consolidation is about to cover."""
+    folder = run.parts_dir / stage
+    return {p: p.stat().st_size for p in sorted(folder.glob("*.jsonl"))} if folder.is_dir() else {}
+
+
+def retire_parts(run: RunDir, stage: str, covered: dict[Path, int]) -> int:
+    """Move part files whose rows are now in the consolidated table out of the read path.
+
+    Later reads then parse only rows added since. A file that grew after `covered` was taken is
+    left in place; bytes appended in the instant between the check and the move are copied
+    back into a new part file, so no row is ever lost. Returns the number of files retired.
+    """
+    folder = run.parts_dir / stage
+    merged = folder / "merged"
+    retired = 0
+    for path, size in covered.items():
+        try:
+            if path.stat().st_size != size:
+                continue
+            merged.mkdir(exist_ok=True)
+            target = merged / f"{path.stem}-{uuid.uuid4().hex[:8]}.jsonl"
+            os.replace(path, target)
+        except FileNotFoundError:
+            continue
+        retired += 1
+        with open(target, "rb") as fh:
+            fh.seek(size)
+            late = fh.read()
+        if late:  # appended between the size check and the move
+            recovered = folder / f"{path.stem}-recovered-{uuid.uuid4().hex[:8]}.jsonl"
+            with open(recovered, "ab") as out:
+                out.write(late if late.startswith(b"{") else late.split(b"\n", 1)[-1])
+                out.flush()
+                os.fsync(out.fileno())
+    return retired

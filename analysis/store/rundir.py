@@ -15,7 +15,7 @@ import pandas as pd
 
 from analysis.errors import AuditError
 from analysis.store.atomic import atomic_write_parquet, atomic_write_text, read_parquet
-from analysis.store.parts import read_parts
+from analysis.store.parts import part_sizes, read_parts, retire_parts
 
 ITEM_COLUMNS = [
     "item_id",
@@ -114,8 +114,15 @@ class RunDir:
                 items[col] = update.where(idx.isin(latest.index), items[col])
         return items
 
-    def consolidate_items(self) -> pd.DataFrame:
-        """Write the merged statuses into items.parquet (what `t2i-audit merge` does)."""
+    def consolidate_items(self, compact: bool = False) -> pd.DataFrame:
+        """Write the merged statuses into items.parquet (what `t2i-audit merge` does).
+
+        compact=True also retires the part files now covered by items.parquet, so later reads
+        parse only what was added since (safe while other shards still append).
+        """
+        covered = part_sizes(self, "generate")
         items = self.items()
         atomic_write_parquet(items[ITEM_COLUMNS], self.items_path)
+        if compact:
+            retire_parts(self, "generate", covered)
         return items
