@@ -1,8 +1,10 @@
 """Turn a generation spec into images + manifest in a run directory, resumably and shardably.
 
-The spec fixes *what* is generated (model, configs, prompts, seeds, sampler settings); batch size,
-device and shard only decide *how*. Every image has a stable item_id hashed from what determines
-its pixels, so a resumed run, another shard, or a rerun skips work already done.
+The spec fixes *what* is generated (model, UNet sha256, configs, prompts, seeds, sampler settings
+and the batch size B, the fixed shape of every model call, which moves the last bits); device and
+shard only decide *where*. Every image has a stable item_id hashed from what determines its
+pixels, so a resumed run, another shard, a rerun or a run extended with more prompts, configs or
+images skips work already done and leaves finished images untouched.
 """
 
 from __future__ import annotations
