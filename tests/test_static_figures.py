@@ -14,15 +14,15 @@ import pytest
 pytest.importorskip("matplotlib")
 pytest.importorskip("seaborn")
 
-from matplotlib.colors import to_rgba  # noqa: E402
+from matplotlib.colors import to_rgba
 
-from analysis.figures import static  # noqa: E402
-from analysis.figures.latex import (  # noqa: E402
+from analysis.figures import static
+from analysis.figures.latex import (
     escape_latex,
     i2p_table_tex,
     rates_table_tex,
 )
-from analysis.stats import wilson_interval  # noqa: E402
+from analysis.stats import wilson_interval
 
 
 @pytest.fixture(autouse=True)
@@ -204,12 +204,15 @@ def test_toxicity_figure_reports_spearman_and_binned_means() -> None:
     assert "ρ = 0.22 [0.19, 0.25]" in title and "n = 4703" in title
 
 
+CATS = ("all", "hate", "sexual")
+
+
 def test_i2p_table_figure_has_one_bar_per_category_and_config() -> None:
     table = pd.DataFrame(
         [
             (cfg, cat, p)
             for cfg, base in (("sd-1.4", 0.4), ("sld_max", 0.1))
-            for cat, p in zip(("all", "hate", "sexual"), (base, base + 0.05, base + 0.2))
+            for cat, p in zip(CATS, (base, base + 0.05, base + 0.2), strict=True)
         ],
         columns=["config", "category", "inappropriate_probability"],
     )
@@ -287,3 +290,28 @@ def test_probe_paper_figures_and_table_carry_the_provisional_mark(tmp_path: Path
         svg = (run / "figures" / f"{stem}.svg").read_text(encoding="utf-8")
         assert "PROVISIONAL: 7 of 120" in svg
     assert np.all([p.stat().st_size > 0 for p in written])
+
+
+def test_i2p_paper_outputs_from_the_csv_files(tmp_path: Path) -> None:
+    points = pd.DataFrame(
+        {"prompt_toxicity": np.linspace(0, 1, 30), "inappropriate_percentage": [10.0] * 30}
+    )
+    points.to_csv(tmp_path / "toxicity_points.csv", index=False)
+    table = pd.DataFrame(
+        {
+            "config": ["sd-1.4"] * 2,
+            "category": ["all", "hate"],
+            "inappropriate_probability": [0.4, 0.5],
+            "ci_low": [0.39, 0.45],
+            "ci_high": [0.41, 0.55],
+            "exp_max_mean": [0.97, 0.96],
+            "exp_max_std": [0.06, 0.07],
+        }
+    )
+    table.to_csv(tmp_path / "i2p_table.csv", index=False)
+    names = {p.name for p in static.draw_i2p_paper(tmp_path)}
+    title = static.toxicity_figure(points).axes[0].get_title()
+    assert "ρ = undefined" in title  # constant y: no rho to report, not "nan"
+    assert {"paper_toxicity.pdf", "paper_i2p_table.svg", "i2p_table.tex"} <= names
+    rows = _body_rows((tmp_path / "i2p_table.tex").read_text(encoding="utf-8"))
+    assert [_cells(r)[0] for r in rows] == ["all", "hate"]

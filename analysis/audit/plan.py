@@ -118,21 +118,18 @@ def plan_audit(audit: AuditSpec, out: Path) -> list[PartPlan]:
     return [plan_part(audit, e, part, out) for e in audit.models for part in audit.parts()]
 
 
-def estimate_seconds(audit: AuditSpec, entry: ModelEntry, left_by_config: dict[str, int]) -> float:
-    """Estimated generation time of what is left: one batch of B timed at 1 and 2 steps per
-    guidance kind (sd/negative/sld differ in cost), extrapolated linearly to the run's steps.
+def batch_seconds(audit: AuditSpec, entry: ModelEntry) -> dict[str, float]:
+    """Seconds per batch of B at the audit's steps, per guidance kind (sd, negative and sld differ
+    in cost): one batch timed at 1 and 2 steps after a warm-up call, extrapolated linearly.
 
-    Loads the model on the audit's device (seconds for `tiny`, longer for a real model).
+    Loads the model on the audit's device (instant for `tiny`, longer for a real model).
     """
     from analysis.generation.models import load_model
     from analysis.generation.sampler import SamplingParams, sample
     from analysis.guidance import resolve_config
 
-    if not any(left_by_config.values()):
-        return 0.0
     s = audit.sampler
     model = load_model(entry.model, unet=entry.unet, device=s.device, dtype=entry.dtype)
-    configs = {c.name: c for c in (resolve_config(v) for v in audit.configs)}
     prompts, seeds = ["a photo"] * s.batch_size, list(range(s.batch_size))
 
     def timed(config: Any, steps: int) -> float:
@@ -147,17 +144,23 @@ def estimate_seconds(audit: AuditSpec, entry: ModelEntry, left_by_config: dict[s
         sample(model, prompts, seeds, config, params)
         return time.perf_counter() - started
 
+    configs = [resolve_config(v) for v in audit.configs]
+    timed(configs[0], 1)  # warm-up: first-call allocation and kernel selection
     per_kind: dict[str, float] = {}
-    first = next(iter(configs.values()))
-    timed(first, 1)  # warm-up: first-call allocation and kernel selection
-    total = 0.0
-    for name, left in left_by_config.items():
-        config = configs.get(name)
-        if config is None or not left:
-            continue
+    for config in configs:
         if config.kind not in per_kind:
             one, two = timed(config, 1), timed(config, 2)
             step = max(two - one, 0.0)
             per_kind[config.kind] = max(one - step, 0.0) + step * s.steps
-        total += math.ceil(left / s.batch_size) * per_kind[config.kind]
-    return total
+    return per_kind
+
+
+def estimate_seconds(audit: AuditSpec, plan: PartPlan, per_kind: dict[str, float]) -> float:
+    """Generation seconds left for one part, from `batch_seconds` (classification not included)."""
+    from analysis.guidance import resolve_config
+
+    kinds = {c.name: c.kind for c in (resolve_config(v) for v in audit.configs)}
+    return sum(
+        math.ceil(left / audit.sampler.batch_size) * per_kind.get(kinds.get(name, "sd"), 0.0)
+        for name, left in plan.left_by_config.items()
+    )

@@ -217,6 +217,7 @@ class AuditSpec(_Table):
 
     _path: Path = PrivateAttr(default=Path("audit.toml"))
     _text: str = PrivateAttr(default="")
+    _overrides: dict[str, Any] = PrivateAttr(default_factory=dict)
 
     @property
     def path(self) -> Path:
@@ -226,6 +227,11 @@ class AuditSpec(_Table):
     def text(self) -> str:
         """The file's text as read (copied into the output folder and hashed)."""
         return self._text
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        """Values given on the command line (--set) over the file's."""
+        return self._overrides
 
     def parts(self) -> list[str]:
         """The enabled parts, in run order."""
@@ -264,7 +270,7 @@ def load_audit(path: str | Path, overrides: dict[str, Any] | None = None) -> Aud
     except ValidationError as exc:
         raise AuditError(_first_error(exc, text, path)) from None
     _cross_checks(spec, text, path)
-    spec._path, spec._text = path, text
+    spec._path, spec._text, spec._overrides = path, text, overrides or {}
     return spec
 
 
@@ -331,8 +337,7 @@ _BOUNDS = {
 def _first_error(exc: ValidationError, text: str, path: Path) -> str:
     """The error nearest the top of the file, as 'file:line: field: message (got value)'."""
     errors = [
-        (find_line(text, tuple(e["loc"]), e.get("input")), i, e)
-        for i, e in enumerate(exc.errors())
+        (find_line(text, tuple(e["loc"]), e.get("input")), i, e) for i, e in enumerate(exc.errors())
     ]
     errors.sort(key=lambda t: (t[0], t[1]))
     line, _, error = errors[0]

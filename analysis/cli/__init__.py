@@ -29,9 +29,10 @@ def _register() -> None:
         knn,
         probe,
         report,
+        run,
     )
 
-    for module in (generate, classify, probe, i2p, knn, figures, report, demo):
+    for module in (generate, classify, probe, i2p, knn, figures, report, demo, run):
         module.register(app)
 
 

@@ -252,4 +252,8 @@ def draw_figures(path: Path) -> list[Path]:
             if table.empty:
                 raise AuditError(f"{table_file} is empty: re-run `t2i-audit i2p table`")
             written += save_figure(table_figure(table), folder / TABLE_FIGURE_STEM)
+        if points_file.is_file() or table_file.is_file():
+            from analysis.figures.static import draw_i2p_paper
+
+            written += draw_i2p_paper(folder)  # matplotlib PDF/SVG/PNG and Table 1 as .tex
     return written

@@ -19,7 +19,7 @@ console = Console(stderr=True)
 def _sync(src_dir: Path, out: Path, prefix: str) -> list[Path]:
     written = []
     for src in sorted(src_dir.iterdir()):
-        if src.suffix not in {".png", ".svg", ".html"}:
+        if src.suffix not in {".png", ".svg", ".html", ".pdf", ".tex"}:
             continue
         target = out / f"{prefix}{src.name}"
         if not target.is_file() or target.read_bytes() != src.read_bytes():
@@ -38,6 +38,9 @@ def regenerate_all(out: Path = Path("figures"), demo_run: Path = Path("runs/demo
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         correlate(None, tmp / "i2p", seed=0)
+        from analysis.figures.static import draw_i2p_paper
+
+        draw_i2p_paper(tmp / "i2p")  # the matplotlib versions for papers
         written += _sync(tmp / "i2p", out, "i2p_")
         if (demo_run / "results" / "nudity_rates.csv").is_file():
             from analysis.figures.probe import draw_figures

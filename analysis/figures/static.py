@@ -32,6 +32,7 @@ NO_DATA_COLOUR = "#d9d9d9"
 MAP_CMAP = "Reds"  # sequential: the highest rate is the darkest country
 TOPOJSON = DATA_DIR / "world_110m.json"
 STATIC_FORMATS = ("pdf", "svg", "png")
+_WRAP = np.array([360.0, 0.0])  # one turn of longitude
 HASH_SALT = "t2i-audit"  # fixes the SVG element ids matplotlib would otherwise randomise
 PAPER_RC: dict[str, Any] = {
     "font.size": 8,
@@ -84,6 +85,7 @@ def country_rates_figure(
     import matplotlib as mpl
     from matplotlib.ticker import PercentFormatter
 
+    rates = rates.assign(config=rates["config"].astype(str))
     configs = _configs(rates, baseline)
     base = rates[rates["config"] == configs[0]]
     order = base.sort_values(["rate", "country"], na_position="first")["country"].tolist()
@@ -152,7 +154,7 @@ def dumbbell_figure(
     from matplotlib.collections import LineCollection
     from matplotlib.ticker import PercentFormatter
 
-    paired = paired[paired["iso3"] != "ALL"]
+    paired = paired[paired["iso3"] != "ALL"].assign(config=lambda t: t["config"].astype(str))
     fig = _new_figure(width, max(1.8, 0.18 * paired["iso3"].nunique() + 1.3))
     with mpl.rc_context(PAPER_RC):
         ax = fig.add_subplot()
@@ -275,9 +277,9 @@ def _geometry_path(geom):
             xy[:, 0] = np.unwrap(xy[:, 0], period=360.0)  # rings crossing the antimeridian
             copies = [xy]
             if xy[:, 0].max() > 180:  # draw the part beyond the edge on the other side too
-                copies.append(xy - [360.0, 0.0])
+                copies.append(xy - _WRAP)
             if xy[:, 0].min() < -180:
-                copies.append(xy + [360.0, 0.0])
+                copies.append(xy + _WRAP)
             for part in copies:
                 verts.append(part)
                 codes += [MplPath.MOVETO] + [MplPath.LINETO] * (len(part) - 2)
@@ -301,7 +303,7 @@ def rate_map_figure(
     import matplotlib as mpl
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import ListedColormap, Normalize
-    from matplotlib.patches import PathPatch, Patch
+    from matplotlib.patches import Patch, PathPatch
     from matplotlib.ticker import PercentFormatter
 
     sub = rates[rates["config"].astype(str) == str(config)]
@@ -373,7 +375,9 @@ def toxicity_figure(
     x = points["prompt_toxicity"].to_numpy(float)
     y = points[target].to_numpy(float)
     ok = np.isfinite(x) & np.isfinite(y)
-    rho, low, high, n = float(stats.spearmanr(x[ok], y[ok]).statistic), None, None, int(ok.sum())
+    varied = len(np.unique(x[ok])) > 1 and len(np.unique(y[ok])) > 1  # else rho is undefined
+    rho = float(stats.spearmanr(x[ok], y[ok]).statistic) if varied else float("nan")
+    low, high, n = None, None, int(ok.sum())
     if correlation is not None:
         row = correlation[(correlation["category"] == "all") & (correlation["target"] == target)]
         if not row.empty:
@@ -413,7 +417,8 @@ def toxicity_figure(
         )
         ax.axvline(TOXIC_THRESHOLD, ls=":", color="grey", lw=0.8)
         interval = f" [{low:.2f}, {high:.2f}]" if low is not None else ""
-        ax.set_title(f"Spearman ρ = {rho:.2f}{interval}, n = {n} prompts", gid="spearman")
+        shown = f"{rho:.2f}{interval}" if np.isfinite(rho) else "undefined (constant input)"
+        ax.set_title(f"Spearman ρ = {shown}, n = {n} prompts", gid="spearman")
         ax.set_xlim(-0.02, 1.02)
         ax.set_ylim(-6, 106)
         ax.set_xlabel("prompt toxicity (Perspective API)")
@@ -486,4 +491,24 @@ def save_static(
         path = out_base.with_name(f"{out_base.name}.{fmt}")
         atomic_write_bytes(path, buf.getvalue())
         written.append(path)
+    return written
+
+
+def draw_i2p_paper(folder: str | Path) -> list[Path]:
+    """Paper versions of the I2P figures and Table 1 (.tex) from the CSVs in `folder`."""
+    from analysis.figures.i2p import CORRELATION_FILE, POINTS_FILE, TABLE_FILE
+    from analysis.figures.latex import i2p_table_tex, write_tex
+
+    folder = Path(folder)
+    written: list[Path] = []
+    if (folder / POINTS_FILE).is_file():
+        points = pd.read_csv(folder / POINTS_FILE)
+        corr_file = folder / CORRELATION_FILE
+        corr = pd.read_csv(corr_file) if corr_file.is_file() else None
+        written += save_static(toxicity_figure(points, corr), folder / "paper_toxicity")
+    if (folder / TABLE_FILE).is_file():
+        table = pd.read_csv(folder / TABLE_FILE)
+        if not table.empty:
+            written += save_static(i2p_table_figure(table), folder / "paper_i2p_table")
+            written.append(write_tex(i2p_table_tex(table), folder / "i2p_table.tex"))
     return written

@@ -164,9 +164,18 @@ def gather(
         i2p_table = _read_csv(results / "i2p_table.csv")
     i2p_corr = _read_csv(i2p_dir / "toxicity_correlation.csv") if i2p_dir.is_dir() else None
     configs = spec.get("configs", [])
+    audit = _read_json(run.path.parent.parent / "audit.json")  # a run of `t2i-audit run FILE`
+    name = f"{run.path.parent.name}/{run.path.name}" if audit else run.path.name
     return {
         "key": key,
-        "name": run.path.name,
+        "name": name,
+        "audit": {
+            "file": audit.get("spec_file"),
+            "sha256": audit.get("spec_sha256"),
+            "overrides": audit.get("overrides"),
+        }
+        if audit
+        else None,
         "path": str(run.path),
         "tiny": spec.get("model") in ("tiny", "sd1-arch"),
         "spec": spec,

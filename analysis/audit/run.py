@@ -1,0 +1,215 @@
+"""Run an audit file: every model x part into <out>/<model>/<part>, then one report.
+
+Each part is the library call its own command makes, so a re-run resumes and a file that gained
+a model or config only does the new work (the engine extends runs with more configs or prompts).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from analysis.audit.plan import part_folder
+from analysis.audit.spec import AuditSpec, ModelEntry
+from analysis.errors import AuditError
+
+SPEC_COPY = "audit.toml"
+RECORD = "audit.json"
+
+
+def output_dir(audit: AuditSpec, out: Path | None) -> Path:
+    """--out, else the file's `out` key (relative to the current folder, like --out)."""
+    if out is not None:
+        return Path(out)
+    if audit.out:
+        return Path(audit.out)
+    raise AuditError(f'{audit.path}: no output folder: pass --out DIR or add `out = "DIR"`')
+
+
+def record_spec(audit: AuditSpec, out: Path) -> dict[str, Any]:
+    """Copy the file into `out` as audit.toml and record its sha256 (and earlier ones) in
+    audit.json, so the output says which declaration produced it."""
+    from analysis.store import atomic_write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    sha = hashlib.sha256(audit.text.encode("utf-8")).hexdigest()
+    path = out / RECORD
+    try:
+        old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        old = {}
+    history = [h for h in old.get("history", []) if isinstance(h, dict)]
+    current = {"sha256": sha, "overrides": audit.overrides}
+    if not history or {k: history[-1].get(k) for k in current} != current:
+        history.append({**current, "at": _now(), "source": str(audit.path)})
+    record = {
+        "kind": "t2i-audit-audit",
+        "spec_file": SPEC_COPY,
+        "spec_sha256": sha,
+        "source": str(audit.path),
+        "overrides": audit.overrides,
+        "models": {m.name: m.model for m in audit.models},
+        "runs": [
+            str(part_folder(Path("."), m, p)) for m in audit.models for p in _gen_parts(audit)
+        ],
+        "history": history,
+    }
+    atomic_write_text(out / SPEC_COPY, audit.text)
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def run_audit(audit: AuditSpec, out: Path, *, progress: bool = True) -> dict[str, Any]:
+    """Run every model x part; returns {'parts': [...], 'report': path or None}."""
+    from analysis.store import resolve_shard
+
+    shard = resolve_shard(None)
+    preflight(audit, out)
+    record = record_spec(audit, out)
+    parts = []
+    for entry in audit.models:
+        for part in audit.parts():
+            folder = part_folder(out, entry, part)
+            if part == "probe":
+                summary = _probe(audit, entry, folder, shard, progress)
+                gen = summary["generate"]
+            elif part == "i2p":
+                summary = _i2p(audit, entry, folder, shard, progress)
+                gen = summary["generation"]
+            else:
+                summary = _knn(audit, folder)
+                gen = {}
+            parts.append(
+                {
+                    "model": entry.name,
+                    "part": part,
+                    "folder": str(folder),
+                    "generated": int(gen.get("generated", 0)),
+                    "done": int(gen.get("done_total", 0)),
+                    "planned": int(gen.get("planned", 0)),
+                    "complete": bool(gen.get("complete", True)),
+                }
+            )
+    report = _report(audit, out) if audit.report.enabled and shard.index == 0 else None
+    record["last_run"] = {
+        "at": _now(),
+        "shard": shard.name,
+        "parts": parts,
+        "report": str(report) if report else None,
+    }
+    from analysis.store import atomic_write_text
+
+    atomic_write_text(out / RECORD, json.dumps(record, indent=2) + "\n")
+    return {"parts": parts, "report": report}
+
+
+def preflight(audit: AuditSpec, out: Path) -> None:
+    """Fail before any generation when a later part could not start (a missing unet file, an
+    output folder holding another run, Q16's CLIP not on disk): a typo costs no GPU time."""
+    from analysis.audit.plan import plan_audit
+
+    for plan in plan_audit(audit, out):
+        if plan.part != "knn" and plan.note is not None:
+            raise AuditError(f"{audit.path}: {plan.model}/{plan.part}: {plan.note}")
+    if "i2p" in audit.parts():
+        from analysis.classifiers.clip import check_clip_available
+
+        assert audit.i2p is not None
+        check_clip_available(audit.i2p.clip_model)
+
+
+def _probe(audit: AuditSpec, entry: ModelEntry, folder: Path, shard: Any, progress: bool) -> Any:
+    from analysis.probes.ethnic_bias import run_probe
+
+    p, s = audit.probe, audit.sampler
+    assert p is not None
+    return run_probe(
+        out=folder,
+        model=entry.model,
+        countries=p.countries,
+        images_per_country=p.images_per_country,
+        seed=s.seed,
+        configs=list(audit.configs),
+        template=p.template,
+        steps=s.steps,
+        guidance_scale=s.guidance_scale,
+        height=s.height,
+        width=s.width,
+        batch_size=s.batch_size,
+        device=s.device,
+        dtype=entry.dtype,
+        unet=entry.unet,
+        shard=shard,
+        rule=p.rule,
+        progress=progress,
+    )
+
+
+def _i2p(audit: AuditSpec, entry: ModelEntry, folder: Path, shard: Any, progress: bool) -> Any:
+    from analysis.audit.plan import i2p_spec
+    from analysis.i2p.benchmark import run_benchmark
+
+    i = audit.i2p
+    assert i is not None
+    return run_benchmark(
+        i2p_spec(audit, entry),
+        folder,
+        shard=shard,
+        batch_size=audit.sampler.batch_size,
+        device=audit.sampler.device,
+        clip_model=i.clip_model,
+        nudenet_rule=i.rule,
+        threshold=i.threshold,
+        protocol=i.protocol,
+        progress=progress,
+    )
+
+
+def _knn(audit: AuditSpec, folder: Path) -> Any:
+    """The dataset side into the model's probe folder (as `t2i-audit knn query --out`)."""
+    from analysis.figures.dataset import draw_figures
+    from analysis.laion.query import knn_query
+
+    k, p = audit.knn, audit.probe
+    assert k is not None and p is not None
+    summary = knn_query(
+        k.backend,
+        folder,
+        countries=p.countries,
+        k=k.k,
+        indice_name=k.indice_name,
+        template=p.template,
+        rule=p.rule,
+        allow_private=k.allow_private,
+        clip_model=k.clip_model,
+    )
+    draw_figures(folder)
+    return summary
+
+
+def _report(audit: AuditSpec, out: Path) -> Path | None:
+    """One write-up over every run folder that exists (unfinished ones are marked PROVISIONAL)."""
+    from analysis.report import write_report
+    from analysis.store import RunDir
+
+    runs = [
+        part_folder(out, m, p)
+        for m in audit.models
+        for p in _gen_parts(audit)
+        if RunDir(part_folder(out, m, p)).exists()
+    ]
+    if not runs:
+        return None
+    return write_report(runs, out / "report.html", blur=audit.report.blur, title=audit.report.title)
+
+
+def _gen_parts(audit: AuditSpec) -> list[str]:
+    """Parts with a run folder of their own (knn writes into the probe's)."""
+    return [p for p in audit.parts() if p != "knn"]
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

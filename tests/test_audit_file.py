@@ -1,0 +1,267 @@
+"""`t2i-audit run AUDIT.toml`: the shipped examples validate, bad files give one file:line error,
+a tiny audit runs end to end, resumes without new work and extends with only the new images."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from analysis.audit import load_audit
+from analysis.cli import main
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+DEMO = CONFIGS / "demo.toml"
+#: demo.toml made tiny: 2 countries x 1 image, 2 prompts of I2P, 2 steps at 32 px
+SMALL = {
+    "probe.countries": "['JPN', 'NGA']",
+    "probe.images_per_country": "1",
+    "i2p.limit": "2",
+    "sampler.steps": "2",
+    "sampler.height": "32",
+    "sampler.width": "32",
+    "sampler.batch_size": "2",
+}
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    """Run the real entry point; (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return int(exc.value.code or 0), out, err
+
+
+def small(*extra: str) -> list[str]:
+    return [arg for k, v in SMALL.items() for arg in ("--set", f"{k}={v}")] + list(extra)
+
+
+def files(folder: Path) -> dict[str, float]:
+    return {str(p): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(autouse=True)
+def _one_shard(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_every_shipped_example_validates():
+    shipped = sorted(p.name for p in CONFIGS.glob("*.toml"))
+    assert {"paper-ethnic-bias.toml", "paper-i2p.toml", "esd-vs-sld.toml", "demo.toml"} <= set(
+        shipped
+    )
+    for name in shipped:
+        audit = load_audit(CONFIGS / name)
+        assert audit.models and audit.configs and audit.parts()
+    paper = load_audit(CONFIGS / "paper-ethnic-bias.toml")
+    assert paper.models[0].model == "CompVis/stable-diffusion-v1-4"
+    assert paper.configs == ["sd", "sld-weak", "sld-medium", "sld-strong", "sld-max", "negative"]
+    assert paper.probe is not None and paper.probe.images_per_country == 100
+    assert (paper.sampler.steps, paper.sampler.height, paper.sampler.device) == (50, 512, "cuda")
+    i2p = load_audit(CONFIGS / "paper-i2p.toml").i2p
+    assert i2p is not None and i2p.images_per_prompt == 10 and i2p.categories is None
+    assert any(m.unet for m in load_audit(CONFIGS / "esd-vs-sld.toml").models)
+
+
+def test_dry_run_of_a_paper_audit_plans_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "paper"
+    code, stdout, err = cli(
+        capsys,
+        "run",
+        CONFIGS / "paper-ethnic-bias.toml",
+        "--out",
+        out,
+        "--dry-run",
+        "--no-estimate",
+    )
+    assert code == 0, err
+    assert "planned 30000 images, done 0, left 30000" in stdout
+    assert "dry run" in stdout and not out.exists()
+
+
+@pytest.fixture
+def no_static_export(monkeypatch):
+    """Figures' PNG/SVG export (kaleido + Chromium, ~5 s a file) is not what these tests check."""
+    from plotly.basedatatypes import BaseFigure
+
+    def fake(self, file, *args, **kwargs):
+        Path(file).write_bytes(b"stub")
+
+    monkeypatch.setattr(BaseFigure, "write_image", fake)
+
+
+def test_tiny_demo_audit_runs_resumes_and_extends(tmp_path, capsys, no_static_export):
+    out = tmp_path / "audit"
+    # dry run: the plan, with a timed estimate, and nothing written
+    code, stdout, err = cli(capsys, "run", DEMO, "--out", out, "--dry-run", *small())
+    assert code == 0, err
+    assert "planned 8 images, done 0, left 8" in stdout and "estimate" in stdout
+    assert not out.exists()
+
+    code, stdout, err = cli(capsys, "run", DEMO, "--out", out, *small())
+    assert code == 0, err
+    assert (out / "report.html").is_file()
+    for part in ("ethnic-bias", "i2p"):
+        assert (out / "tiny" / part / "manifest.json").is_file()
+    assert (out / "audit.toml").read_bytes() == DEMO.read_bytes()
+    record = json.loads((out / "audit.json").read_text())
+    assert record["spec_sha256"] == hashlib.sha256(DEMO.read_bytes()).hexdigest()
+    assert record["overrides"]["probe"]["countries"] == ["JPN", "NGA"]
+    assert [(p["part"], p["generated"]) for p in record["last_run"]["parts"]] == [
+        ("probe", 4),
+        ("i2p", 4),
+    ]
+
+    # re-run: nothing new is generated; a dry run now sees all of it done and writes nothing
+    code, _, err = cli(capsys, "run", DEMO, "--out", out, *small())
+    assert code == 0, err
+    again = json.loads((out / "audit.json").read_text())["last_run"]["parts"]
+    assert [p["generated"] for p in again] == [0, 0]
+    before = files(out)
+    code, stdout, err = cli(capsys, "run", DEMO, "--out", out, "--dry-run", *small())
+    assert code == 0, err
+    assert "planned 8 images, done 8, left 0" in stdout
+    assert files(out) == before
+
+    # one more config in the file: only its images are generated
+    extended = tmp_path / "extended.toml"
+    extended.write_text(
+        DEMO.read_text().replace(
+            'configs = ["sd", "sld-max"]', 'configs = ["sd", "sld-max", "negative"]'
+        )
+    )
+    code, stdout, err = cli(capsys, "run", extended, "--out", out, "--dry-run", *small())
+    assert code == 0, err
+    assert "planned 12 images, done 8, left 4" in stdout
+    code, _, err = cli(capsys, "run", extended, "--out", out, *small())
+    assert code == 0, err
+    record = json.loads((out / "audit.json").read_text())
+    assert [p["generated"] for p in record["last_run"]["parts"]] == [2, 2]
+    assert [p["done"] for p in record["last_run"]["parts"]] == [6, 6]
+    assert record["spec_sha256"] == hashlib.sha256(extended.read_bytes()).hexdigest()
+    assert len(record["history"]) == 2
+    assert (out / "audit.toml").read_bytes() == extended.read_bytes()
+
+
+GOOD = """\
+configs = ["sd", "sld-max"]
+
+[[models]]
+name = "tiny"
+model = "tiny"
+
+[sampler]
+steps = 2
+height = 32
+
+[probe]
+images_per_country = 1
+"""
+
+BAD = {
+    "unknown key": (
+        GOOD.replace("images_per_country = 1", "images_per_contry = 1"),
+        "audit.toml:12: probe.images_per_contry: unknown key; did you mean 'images_per_country'?",
+    ),
+    "unknown table": (
+        GOOD + "[reprot]\nblur = false\n",
+        "audit.toml:13: reprot: unknown key; did you mean 'report'?",
+    ),
+    "wrong type": (
+        GOOD.replace("steps = 2", 'steps = "2"'),
+        "audit.toml:8: sampler.steps: must be an integer (got '2')",
+    ),
+    "out of range": (
+        GOOD.replace("images_per_country = 1", "images_per_country = 0"),
+        "audit.toml:12: probe.images_per_country: must be >= 1 (got 0)",
+    ),
+    "not a multiple of 8": (
+        GOOD.replace("height = 32", "height = 30"),
+        "audit.toml:9: sampler.height: must be a positive multiple of 8 (got 30)",
+    ),
+    "missing model": (
+        GOOD.replace('model = "tiny"\n', ""),
+        "audit.toml:3: models[0].model: missing (required)",
+    ),
+    "no models": (
+        GOOD.replace('[[models]]\nname = "tiny"\nmodel = "tiny"\n', ""),
+        "audit.toml:1: models: missing (required)",
+    ),
+    "bad config string": (
+        GOOD.replace('"sld-max"', '"sld-maxx"'),
+        "audit.toml:1: configs[1]: unknown guidance config 'sld-maxx'",
+    ),
+    "bad config parameter": (
+        GOOD.replace('"sld-max"', '\n  "sld-strong:warmupsteps=5",\n'),
+        "audit.toml:2: configs[1]: unknown config parameter(s) warmupsteps",
+    ),
+    "unknown rule": (
+        GOOD + 'rule = "genitals"\n',
+        "audit.toml:13: probe.rule: unknown rule 'genitals'; valid rules:",
+    ),
+    "unknown country": (
+        GOOD + 'countries = ["JPN", "XYZ"]\n',
+        "audit.toml:13: probe.countries[1]: unknown country code 'XYZ'",
+    ),
+    "bad dtype": (
+        GOOD.replace('model = "tiny"', 'model = "tiny"\ndtype = "fp16"'),
+        "audit.toml:6: models[0].dtype: must be one of float32, float16, bfloat16 (got 'fp16')",
+    ),
+    "duplicate model name": (
+        GOOD.replace("[sampler]", '[[models]]\nname = "tiny"\nmodel = "tiny"\n\n[sampler]'),
+        "audit.toml:8: models[1].name: model name 'tiny' is used twice",
+    ),
+    "nothing to run": (
+        GOOD.replace("[probe]\nimages_per_country = 1\n", ""),
+        "audit.toml:1: probe: nothing to run",
+    ),
+    "unknown i2p category": (
+        GOOD + '[i2p]\ncategories = ["nsfw"]\n',
+        "audit.toml:14: i2p.categories[0]: unknown I2P category 'nsfw'",
+    ),
+    "not TOML": (GOOD.replace("[probe]", "[probe"), "audit.toml:11: not valid TOML:"),
+    "not text": (b"\xff\xfe\x00binary", "audit.toml:1: not a TOML file (not UTF-8 text"),
+    "empty file": ("", "audit.toml:1: the file is empty"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_files_give_one_line_naming_file_line_and_field(case, tmp_path, capsys):
+    text, expected = BAD[case]
+    path = tmp_path / "audit.toml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    code, _, err = cli(capsys, "run", path, "--out", tmp_path / "out", "--dry-run")
+    assert code == 2
+    line = " ".join(err.split())
+    assert err.strip().count("\n") == 0, err
+    assert re.search(r"audit\.toml:\d+: ", line), line
+    assert expected in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def test_good_file_and_overrides_validate(tmp_path):
+    path = tmp_path / "audit.toml"
+    path.write_text(GOOD)
+    audit = load_audit(path, {"probe": {"countries": ["jpn"]}})
+    assert audit.probe is not None and audit.probe.countries == ["JPN"]
+    assert audit.parts() == ["probe"] and audit.text == GOOD
+
+
+def test_a_part_that_cannot_start_fails_before_any_generation(tmp_path, capsys):
+    path = tmp_path / "audit.toml"
+    path.write_text(
+        GOOD.replace(
+            "[sampler]", '[[models]]\nname = "esd"\nmodel = "tiny"\nunet = "nope.st"\n\n[sampler]'
+        )
+    )
+    out = tmp_path / "out"
+    code, _, err = cli(capsys, "run", path, "--out", out)
+    assert code == 2 and err.strip().count("\n") == 0, err
+    assert "esd/probe" in err and "nope.st" in err
+    assert not out.exists()  # the first model did not run either
+    code, stdout, _ = cli(capsys, "run", path, "--out", out, "--dry-run", "--no-estimate")
+    assert code == 0 and "esd/probe" in stdout and not out.exists()
