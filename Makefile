@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test lint figures bench clean wheelhouse
+.PHONY: setup demo test lint figures bench clean wheelhouse lab
 
 # Offline GPU nodes: `make wheelhouse PYTHON_VERSION=3.12` downloads every wheel the project needs
 # except torch (install your CUDA torch there first) into $(WHEELHOUSE); copy it over, then
@@ -43,6 +43,9 @@ lint: $(STAMP)
 
 figures: $(STAMP)
 	$(VENV)/bin/t2i-audit figures --all
+
+lab: $(STAMP)
+	cd notebooks && ../$(VENV)/bin/jupyter lab ethnic_bias.ipynb i2p.ipynb dataset_side.ipynb
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_generate.py

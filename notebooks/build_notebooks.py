@@ -66,6 +66,10 @@ rate_map(rates, f"Nudity rate per country ({rule})").show()""",
         """from analysis.figures.charts import ranked_dots
 
 ranked_dots(rates, "Nudity rate per country and config").show()""",
+        """# the static paper version (matplotlib; save with analysis.figures.static.save_static)
+from analysis.figures.static import country_rates_figure
+
+country_rates_figure(rates, title=f"Nudity rate per country ({rule})")""",
     ],
 )
 
@@ -84,6 +88,10 @@ corr[corr["category"] == "all"]""",
         """from analysis.figures.i2p import correlation_figure
 
 correlation_figure(points_table(dataset.frame), corr).show()""",
+        """# the static paper version (matplotlib)
+from analysis.figures.static import toxicity_figure
+
+toxicity_figure(points_table(dataset.frame), corr)""",
         """from analysis.i2p.table import dataset_table
 
 dataset_table(dataset.frame, n_draws=2000)""",

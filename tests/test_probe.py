@@ -224,7 +224,11 @@ def test_tiny_probe_end_to_end_with_figures(tmp_path: Path, chromium) -> None:
     assert len(np.unique(png.reshape(-1, 3), axis=0)) > 50  # a drawn map, not a blank frame
     html = (out / "figures" / "nudity_map.html").read_text()
     assert "PlotlyGeoAssets" in html and '"topojsonURL": "data:,"' in html
-    assert 'src="http' not in html  # plotly.js is inlined, nothing is loaded from a CDN
+    assert 'src="http' not in html  # nothing is loaded from a CDN ...
+    assert '<script charset="utf-8" src="plotly.min.js"></script>' in html  # ... but beside it
+    assert len(html) < 500_000  # not 4.6 MB of plotly.js in every file
+    js = (out / "figures" / "plotly.min.js").read_text()
+    assert "plotly.js" in js[:200]
     shot = chromium((out / "figures" / "nudity_map.html").as_uri(), tmp_path / "s.png")
     land = np.all(np.abs(shot.astype(int) - [217, 217, 217]) < 4, axis=-1).mean()
     assert land > 0.05, "no grey land polygons: the map did not render offline"

@@ -109,3 +109,64 @@ def test_expected_max_closed_form() -> None:
     assert mean == pytest.approx(expected, abs=0.01)
     assert std == pytest.approx(np.sqrt(expected * (1 - expected)), abs=0.01)
     assert expected_max(np.full(30, 0.3)) == (pytest.approx(0.3), pytest.approx(0.0))
+
+
+def _documented_resamples(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """Resample indices as _bootstrap_rhos documents them: one spawned generator per block."""
+    block = max(1, min(128, (1 << 21) // n))
+    seqs = np.random.SeedSequence(seed).spawn(-(-n_boot // block))
+    rows = [
+        np.random.default_rng(s).integers(0, n, size=(min(block, n_boot - k * block), n))
+        for k, s in enumerate(seqs)
+    ]
+    return np.concatenate(rows)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bootstrap_rhos_equal_spearmanr_on_the_materialised_resamples(
+    monkeypatch: pytest.MonkeyPatch, threads: int
+) -> None:
+    from analysis.stats import correlation
+
+    monkeypatch.setattr(correlation.os, "cpu_count", lambda: threads)
+    rng = np.random.default_rng(4)
+    x = np.round(rng.random(150), 2)
+    few = np.round(x * 10 + rng.normal(0, 3, 150))  # few values: the bincount path
+    many = x + rng.normal(0, 0.3, 150)  # all distinct: the regrouping path
+    ours = correlation._bootstrap_rhos(correlation._Layout.of(x, np.array([few, many])), 300, 7)
+    idx = _documented_resamples(150, 300, 7)
+    for b in [0, 1, 127, 128, 299]:
+        for j, y in enumerate((few, many)):
+            ref = stats.spearmanr(x[idx[b]], y[idx[b]]).statistic
+            assert ours[j, b] == pytest.approx(ref, abs=1e-12)
+
+
+def test_spearman_ci_many_equals_one_at_a_time() -> None:
+    from analysis.stats.correlation import spearman_ci_many
+
+    rng = np.random.default_rng(5)
+    x = rng.random(200)
+    ys = [np.round(x * 10 + rng.normal(0, 2, 200)), x + rng.random(200), np.full(200, 3.0)]
+    many = spearman_ci_many(x, ys, n_boot=400, seed=3)
+    for y, got in zip(ys, many, strict=True):
+        one = spearman_ci(x, y, n_boot=400, seed=3)
+        assert got.keys() == one.keys()
+        for key in one:
+            assert got[key] == pytest.approx(one[key], abs=1e-12, nan_ok=True)
+    assert np.isnan(many[2]["rho"]) and many[2]["n"] == 200
+    # missing values differ per y: each y keeps its own pairs
+    y_nan = ys[0].copy()
+    y_nan[:10] = np.nan
+    mixed = spearman_ci_many(x, [y_nan, ys[1]], n_boot=200, seed=1)
+    assert mixed[0] == spearman_ci(x, y_nan, n_boot=200, seed=1) and mixed[0]["n"] == 190
+
+
+@pytest.mark.parametrize(("n", "k"), [(4500, 25), (60, 25), (25, 25), (10, 1)])
+def test_subsets_are_distinct_and_uniform(n: int, k: int) -> None:
+    from analysis.stats.bootstrap import _subsets
+
+    idx = _subsets(np.random.default_rng(0), n, k, 4000)
+    assert idx.shape == (4000, k) and idx.min() >= 0 and idx.max() < n
+    assert (np.diff(np.sort(idx, axis=1), axis=1) > 0).all()
+    hits = np.bincount(idx.ravel(), minlength=n) / idx.shape[0]
+    assert hits == pytest.approx(np.full(n, k / n), abs=max(0.02, 6 * np.sqrt(k / n / 4000)))

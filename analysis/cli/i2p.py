@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from analysis.errors import AuditError
+
+if TYPE_CHECKING:  # pandas costs ~0.4 s to import: only commands that run load it
+    import pandas as pd
 
 console = Console()
 sub = typer.Typer(
@@ -41,6 +43,8 @@ def register(app: typer.Typer) -> None:
 
 
 def _show(frame: pd.DataFrame, title: str, digits: int = 3) -> None:
+    from rich.table import Table
+
     table = Table(title=title, title_justify="left")
     for column in frame.columns:
         table.add_column(str(column), justify="left" if frame[column].dtype == object else "right")
@@ -176,6 +180,8 @@ def table(
         result = run_table(run, nudenet_rule, threshold, verdicts=verdicts, **opts)
         paired = run_paired(run, nudenet_rule, threshold, verdicts=verdicts)
         if reference:
+            import pandas as pd
+
             ref = reference_for_run(run, data, **opts)
             result = pd.concat([ref, result], ignore_index=True)
         target = out or Path(run) / "results"

@@ -39,8 +39,14 @@ def _chromium() -> str | None:
     )
 
 
-def figure_html(fig, div_id: str, full_html: bool = True, include_plotlyjs: bool = True) -> str:
-    """Self-contained HTML for a figure: plotly.js and (for maps) the TopoJSON inlined."""
+PLOTLY_JS = "plotly.min.js"
+
+
+def figure_html(
+    fig, div_id: str, full_html: bool = True, include_plotlyjs: bool | str = True
+) -> str:
+    """HTML for a figure with (for maps) the TopoJSON inlined; plotly.js inlined, or with
+    include_plotlyjs="directory" loaded from a plotly.min.js beside the file."""
     pio = require("plotly.io", "figures", "Figures")
     has_geo = any(getattr(t, "type", "") in {"choropleth", "scattergeo"} for t in fig.data)
     html = pio.to_html(
@@ -69,9 +75,11 @@ def save_figure(
         trace.uid = trace.uid or f"trace{i:03d}"
     written = []
     if "html" in formats:
+        # one plotly.min.js per folder, shared by its HTML files (not 4.6 MB inlined in each)
         div_id = "fig-" + hashlib.sha256(out_base.name.encode()).hexdigest()[:10]
         path = out_base.with_suffix(".html")
-        atomic_write_text(path, figure_html(fig, div_id))
+        write_plotly_js(out_base.parent)
+        atomic_write_text(path, figure_html(fig, div_id, include_plotlyjs="directory"))
         written.append(path)
     static = [f for f in formats if f in ("png", "svg")]
     if static:
@@ -92,6 +100,17 @@ def save_figure(
             tmp.replace(path)
             written.append(path)
     return written
+
+
+def write_plotly_js(folder: Path) -> Path:
+    """plotly.min.js of the installed plotly into `folder`, rewritten only when it differs."""
+    from plotly.offline import get_plotlyjs
+
+    path = Path(folder) / PLOTLY_JS
+    text = get_plotlyjs()
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        atomic_write_text(path, text)
+    return path
 
 
 def _stable_svg(svg: str) -> str:

@@ -63,8 +63,7 @@ def rate_map(rates: pd.DataFrame, title: str, value: str = "rate"):
         countrycolor="white",
         showland=True,
         landcolor=NO_DATA_COLOUR,
-        showocean=True,
-        oceancolor="#f4f8fb",
+        showocean=False,  # a filled ocean would show the outline cut by the latitude range
         showframe=False,
         lataxis_range=[-58, 85],
     )

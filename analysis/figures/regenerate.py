@@ -13,15 +13,18 @@ from pathlib import Path
 
 from rich.console import Console
 
+from analysis.figures.export import PLOTLY_JS
+
 console = Console(stderr=True)
 
 
 def _sync(src_dir: Path, out: Path, prefix: str) -> list[Path]:
     written = []
     for src in sorted(src_dir.iterdir()):
-        if src.suffix not in {".png", ".svg", ".html", ".pdf", ".tex"}:
+        if src.suffix not in {".png", ".svg", ".html", ".pdf", ".tex"} and src.name != PLOTLY_JS:
             continue
-        target = out / f"{prefix}{src.name}"
+        # the HTML files load plotly.min.js from beside them: one shared copy, not renamed
+        target = out / (src.name if src.name == PLOTLY_JS else f"{prefix}{src.name}")
         if not target.is_file() or target.read_bytes() != src.read_bytes():
             shutil.copyfile(src, target)
         written.append(target)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import special  # not scipy.stats: ~1 s to import
 
 from analysis.i2p.loader import category_masks
-from analysis.stats import spearman_ci
+from analysis.stats.correlation import spearman_ci_many
 
 TARGETS = ("inappropriate_percentage", "nudity_percentage", "q16_percentage")
 CORRELATION_COLUMNS = [
@@ -41,16 +41,18 @@ def toxicity_correlation(
     """One row per (category incl. 'all', target): Spearman rho, bootstrap CI, p, Pearson r.
 
     n_toxic / share_toxic: prompts of that category with prompt_toxicity > toxic_threshold.
+    The targets of one category share x and resamples, so their bootstraps share one set of draws.
     """
     rows = []
     toxicity = frame["prompt_toxicity"].to_numpy(dtype=float)
+    values = {t: frame[t].to_numpy(dtype=float) for t in targets}
     for category, mask in category_masks(frame["categories"]).items():
         tox = toxicity[mask]
         n_toxic = int((tox > toxic_threshold).sum())
-        for target in targets:
-            res = spearman_ci(
-                tox, frame[target].to_numpy(dtype=float)[mask], n_boot=n_boot, seed=seed
-            )
+        results = spearman_ci_many(
+            tox, [values[t][mask] for t in targets], n_boot=n_boot, seed=seed
+        )
+        for target, res in zip(targets, results, strict=True):
             rows.append(
                 {
                     "category": category,
@@ -91,7 +93,7 @@ def binned_means(
         low = high = float("nan")
         if n >= 2:
             sem = float(vals.std(ddof=1)) / np.sqrt(n)
-            half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sem
+            half = float(special.stdtrit(n - 1, 0.5 + confidence / 2)) * sem  # stats.t.ppf
             low, high = mean - half, mean + half
         rows.append(
             {
