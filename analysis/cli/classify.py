@@ -19,7 +19,8 @@ def classify(
     rule: str = typer.Option(
         "exposed-genitalia",
         "--rule",
-        help="NudeNet rule: exposed-genitalia, i2p-exposed or any-exposed (re-derivable later).",
+        help="NudeNet rule (re-derivable later from the stored detections): exposed-genitalia, "
+        "i2p-authors, i2p-exposed, rece-spm, nsfw-erasure-benchmark, unlearndiff, any-exposed.",
     ),
     threshold: float = typer.Option(None, "--threshold", help="Override the rule's score cut."),
     nudenet_model: Path = typer.Option(None, "--nudenet-model", help="e.g. the 640m .onnx"),
