@@ -89,6 +89,7 @@ def save_figure(
                 "(or export only HTML)"
             )
         pio.defaults.topojson = TOPOJSON.parent.resolve().as_uri() + "/"
+        height = fig.layout.height or height  # a figure that sizes itself (stacked maps) keeps it
         for fmt in static:
             path = out_base.with_suffix(f".{fmt}")
             tmp = path.with_name(f".tmp-{path.name}")
