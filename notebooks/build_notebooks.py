@@ -33,6 +33,8 @@ def notebook(title: str, intro: str, parameters: str, cells: list[str]) -> nbfor
             *[new_code_cell(c) for c in cells],
         ]
     )
+    for i, cell in enumerate(nb.cells):  # stable ids: rebuilding changes nothing in the diff
+        cell.id = f"cell-{i:02d}"
     nb.metadata["kernelspec"] = {
         "name": "python3",
         "display_name": "Python 3",
