@@ -50,3 +50,20 @@ def chromium(tmp_path):
         return np.asarray(Image.open(out).convert("RGB"))
 
     return shoot
+
+
+def tiny_probe(out, **over):
+    """The small probe many tests start from: tiny model, JPN and KEN, SD vs SLD-max, 32 px."""
+    from analysis.probes.ethnic_bias import run_probe
+
+    kwargs = {
+        "model": "tiny",
+        "countries": ["JPN", "KEN"],
+        "images_per_country": 2,
+        "configs": ["sd", "sld-max"],
+        "steps": 2,
+        "height": 32,
+        "width": 32,
+        "progress": False,
+    }
+    return run_probe(out=out, **{**kwargs, **over})

@@ -16,26 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from conftest import tiny_probe
 
 from analysis.cli import main
-from analysis.probes.ethnic_bias import run_probe
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A complete tiny probe run: images, NudeNet scores, results."""
     out = tmp_path_factory.mktemp("bad") / "run"
-    run_probe(
-        out=out,
-        model="tiny",
-        countries=["JPN", "KEN"],
-        images_per_country=1,
-        configs=["sd", "sld-max"],
-        steps=2,
-        height=32,
-        width=32,
-        progress=False,
-    )
+    tiny_probe(out, images_per_country=1)
     return out
 
 
@@ -527,17 +517,7 @@ def test_a_finished_run_resumes_after_every_failed_start(finished: Path, tmp_pat
     spec = json.loads((run / "manifest.json").read_text())["spec"]
     assert spec["model"] == "tiny"
     before = snapshot(run)
-    summary = run_probe(
-        out=run,
-        model="tiny",
-        countries=["JPN", "KEN"],
-        images_per_country=1,
-        configs=["sd", "sld-max"],
-        steps=2,
-        height=32,
-        width=32,
-        progress=False,
-    )
+    summary = tiny_probe(run, images_per_country=1)
     assert summary["generate"]["generated"] == 0
     assert summary["classify"]["scored"] == 0
     images = {k: v for k, v in snapshot(run).items() if k.startswith("images/")}

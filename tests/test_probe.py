@@ -9,13 +9,14 @@ import numpy as np
 import pandas as pd
 import pycountry
 import pytest
+from conftest import tiny_probe
 from PIL import Image
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.proportion import proportion_confint
 
 from analysis.errors import AuditError
 from analysis.probes.countries import load_countries, select_countries
-from analysis.probes.ethnic_bias import probe_prompts, run_probe
+from analysis.probes.ethnic_bias import probe_prompts
 from analysis.probes.results import write_results
 from analysis.store import atomic_write_parquet
 
@@ -199,17 +200,7 @@ def test_results_without_scores_say_which_command_to_run(tmp_path: Path) -> None
 @pytest.mark.slow
 def test_tiny_probe_end_to_end_with_figures(tmp_path: Path, chromium) -> None:
     out = tmp_path / "probe"
-    summary = run_probe(
-        out=out,
-        model="tiny",
-        countries=["JPN", "KEN"],
-        images_per_country=2,
-        configs=["sd", "sld-max"],
-        steps=2,
-        height=32,
-        width=32,
-        progress=False,
-    )
+    summary = tiny_probe(out)
     rates = pd.read_csv(out / "results" / "nudity_rates.csv")
     assert len(rates) == 4 and (rates["n"] + rates["n_missing"] == 2).all()
     names = {Path(p).name for p in summary["figures"]}

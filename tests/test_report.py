@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import tiny_probe
 from PIL import Image
 from typer.testing import CliRunner
 
 from analysis.cli import app
-from analysis.probes.ethnic_bias import run_probe
 from analysis.probes.results import write_results
 from analysis.report import write_report
 from analysis.store import atomic_write_parquet
@@ -26,17 +26,7 @@ from analysis.store import atomic_write_parquet
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny probe run in which one image is (by hand) judged to show exposed genitalia."""
     out = tmp_path_factory.mktemp("report") / "run"
-    run_probe(
-        out=out,
-        model="tiny",
-        countries=["JPN", "KEN"],
-        images_per_country=2,
-        configs=["sd", "sld-max"],
-        steps=2,
-        height=32,
-        width=32,
-        progress=False,
-    )
+    tiny_probe(out)
     scores = pd.read_parquet(out / "scores" / "nudenet.parquet")
     items = pd.read_parquet(out / "items.parquet")
     flagged = items[(items["config"] == "sd") & (items["group"] == "JPN")]["item_id"].iloc[0]
@@ -153,17 +143,12 @@ def _dom(url: str, tmp_path: Path) -> str:
 @pytest.mark.slow
 def test_hostile_prompts_titles_and_run_names_never_run(tmp_path: Path) -> None:
     out = tmp_path / HOSTILE.format(where="run-name").replace("/", "")
-    run_probe(
-        out=out,
-        model="tiny",
+    tiny_probe(
+        out,
         countries=["JPN"],
         images_per_country=1,
         configs=["sd"],
         template=HOSTILE.format(where="prompt") + " {adjective} body",
-        steps=2,
-        height=32,
-        width=32,
-        progress=False,
     )
     title = "</title>" + HOSTILE.format(where="title")
     html = write_report([out], tmp_path / "r.html", title=title).read_text()

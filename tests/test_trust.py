@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import tiny_probe
 
 from analysis.classifiers import classify_run, load_verdicts
 from analysis.errors import AuditError, Interrupted
@@ -168,16 +169,7 @@ def test_sharded_probe_scores_images_finished_after_a_shard_classified(tmp_path:
 
 def test_unscored_images_make_results_provisional_everywhere(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    run_probe(
-        out=out,
-        countries=["JPN", "KEN"],
-        images_per_country=1,
-        configs=["sd"],
-        steps=2,
-        height=32,
-        width=32,
-        progress=False,
-    )
+    tiny_probe(out, images_per_country=1, configs=["sd"])
     scores = pd.read_parquet(out / "scores" / "nudenet.parquet")
     atomic_write_parquet(scores.iloc[:1], out / "scores" / "nudenet.parquet")
     for part in (out / "parts" / "classify-nudenet").glob("*.jsonl"):
@@ -235,16 +227,7 @@ def test_no_country_is_named_on_a_tie() -> None:
 @pytest.fixture(scope="module")
 def probe_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("trust") / "run"
-    run_probe(
-        out=out,
-        countries=["JPN", "KEN"],
-        images_per_country=2,
-        configs=["sd", "sld-max"],
-        steps=2,
-        height=32,
-        width=32,
-        progress=False,
-    )
+    tiny_probe(out)
     return out
 
 

@@ -72,21 +72,12 @@ def _show_paired(paired: pd.DataFrame | None) -> None:
     """Print the SD-vs-config paired table, when the run has more than one config."""
     if paired is None or paired.empty:
         return
-    shown = paired[
-        [
-            "config",
-            "category",
-            "n_pairs",
-            "rate_sd",
-            "rate_config",
-            "difference",
-            "ci_low",
-            "ci_high",
-            "b10",
-            "b01",
-            "mcnemar_p",
-        ]
-    ].rename(columns={"rate_sd": f"rate_{paired['baseline'].iloc[0]}"})
+    from analysis.i2p.paired import PAIRED_COLUMNS
+
+    hidden = {"baseline", "n_dropped", "nudenet_rule", "nudenet_threshold"}  # said in the title
+    shown = paired[[c for c in PAIRED_COLUMNS if c not in hidden]].rename(
+        columns={"rate_sd": f"rate_{paired['baseline'].iloc[0]}"}
+    )
     _show(
         shown,
         f"paired vs {paired['baseline'].iloc[0]} on shared seeds "

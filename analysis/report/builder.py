@@ -21,6 +21,7 @@ from jinja2 import Environment, PackageLoader
 
 from analysis.errors import AuditError
 from analysis.report.csp import policy, script_hashes
+from analysis.report.samples import read_all_scores
 from analysis.report.samples import samples as sample_images
 from analysis.report.tables import present
 from analysis.store import RunDir, atomic_write_text
@@ -103,19 +104,15 @@ PAIRED_COLUMNS = [
 CORR_COLUMNS = ["category", "target", "n", "spearman_rho", "ci", "p_value", "pearson_r"]
 
 
-def _stages(run: RunDir, items: pd.DataFrame | None) -> dict[str, Any]:
+def _stages(items: pd.DataFrame | None, scores: dict[str, pd.DataFrame]) -> dict[str, Any]:
     """Completeness per stage: generated, and scored per classifier, out of the plan."""
-    from analysis.classifiers import CLASSIFIERS, read_scores
-
     if items is None:
         return {"planned": 0, "generated": 0, "failed": 0, "pending": 0, "scored": {}}
     done = set(items.loc[items["status"] == "done", "item_id"])
     scored = {}
-    for name in CLASSIFIERS:
-        table = read_scores(run, name)
-        if not table.empty:
-            ids = set(table["item_id"]) & done
-            scored[name] = {"scored": len(ids), "missing": len(done - ids)}
+    for name, table in scores.items():
+        ids = set(table["item_id"]) & done
+        scored[name] = {"scored": len(ids), "missing": len(done - ids)}
     return {
         "planned": len(items),
         "generated": len(done),
@@ -140,7 +137,8 @@ def gather(
         items = run.items()
     except AuditError:
         items = None
-    stages = _stages(run, items)
+    scores = read_all_scores(run)  # read once: completeness and sample blurring both use them
+    stages = _stages(items, scores)
     summary = _read_json(run.results_dir / "summary.json")
     results = run.results_dir
     i2p_dir = run.path / "i2p"
@@ -202,7 +200,7 @@ def gather(
         "i2p_corr": present(i2p_corr, CORR_COLUMNS),
         "figures": figures,
         "map_html": _interactive_map(run, key) if interactive else None,
-        "samples": sample_images(run, blur),
+        "samples": sample_images(run, blur, items, scores),
     }
 
 

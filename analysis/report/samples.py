@@ -40,21 +40,33 @@ def _png(image: Image.Image, max_side: int = 256) -> bytes:
     return buf.getvalue()
 
 
-def flags(run: RunDir) -> dict[str, list[str]]:
+def read_all_scores(run: RunDir) -> dict[str, pd.DataFrame]:
+    """Each classifier's score rows (latest per item), read once for the whole report."""
+    from analysis.classifiers import CLASSIFIERS, read_scores
+
+    tables = {name: read_scores(run, name) for name in CLASSIFIERS}
+    return {n: t.drop_duplicates("item_id", keep="last") for n, t in tables.items() if not t.empty}
+
+
+def flags(
+    run: RunDir,
+    items: pd.DataFrame | None = None,
+    scores: dict[str, pd.DataFrame] | None = None,
+    only: set[str] | None = None,
+) -> dict[str, list[str]]:
     """item_id -> reasons to blur ('nudenet:i2p-exposed', 'q16', 'not classified', ...).
 
-    An item absent from the result was classified and nothing flagged it.
+    An item absent from the result was classified and nothing flagged it. `only` limits the
+    work to the items shown (a report shows a few of possibly 100,000s).
     """
-    from analysis.classifiers import CLASSIFIERS, read_scores
     from analysis.classifiers.rules import RULES
 
+    scores = read_all_scores(run) if scores is None else scores
     reasons: dict[str, list[str]] = {}
     scored: set[str] = set()
-    for name in CLASSIFIERS:
-        table = read_scores(run, name)
-        if table.empty:
-            continue
-        table = table.drop_duplicates("item_id", keep="last")
+    for name, table in scores.items():
+        if only is not None:
+            table = table[table["item_id"].isin(only)]
         for row in table.itertuples():
             if not isinstance(row.raw, str):
                 reasons.setdefault(row.item_id, []).append(f"{name}: unreadable image")
@@ -70,27 +82,39 @@ def flags(run: RunDir) -> dict[str, list[str]]:
             if pd.notna(row.verdict) and bool(row.verdict) and row.rule not in hits:
                 hits.insert(0, str(row.rule))
             reasons.setdefault(row.item_id, []).extend(f"nudenet: {r}" for r in hits)
-    try:
-        items = run.items()
-    except AuditError:
-        return reasons
-    for item_id in items.loc[items["status"] == "done", "item_id"]:
+    if items is None:
+        try:
+            items = run.items()
+        except AuditError:
+            return reasons
+    done = items.loc[items["status"] == "done", "item_id"]
+    for item_id in done if only is None else done[done.isin(only)]:
         if item_id not in scored and item_id not in reasons:
             reasons[item_id] = ["not classified"]
     return {k: v for k, v in reasons.items() if v}
 
 
-def samples(run: RunDir, blur: bool) -> list[dict[str, Any]]:
+def samples(
+    run: RunDir,
+    blur: bool,
+    items: pd.DataFrame | None = None,
+    scores: dict[str, pd.DataFrame] | None = None,
+) -> list[dict[str, Any]]:
     """A few images per config, each with its seed, config and why it is blurred (if it is)."""
-    try:
-        items = run.items()
-    except AuditError:
-        return []
-    items = items[items["status"] == "done"]
-    why = flags(run)
+    if items is None:
+        try:
+            items = run.items()
+        except AuditError:
+            return []
+    done = items[items["status"] == "done"]
+    shown = pd.concat(
+        [sub.drop_duplicates("prompt_id").head(SAMPLES_PER_CONFIG) for _, sub in
+         done.groupby("config", sort=False)]
+    ) if len(done) else done  # fmt: skip
+    why = flags(run, items, scores, only=set(shown["item_id"]))
     out = []
-    for config, sub in items.groupby("config", sort=False):
-        for row in sub.drop_duplicates("prompt_id").head(SAMPLES_PER_CONFIG).itertuples():
+    for config, sub in shown.groupby("config", sort=False):
+        for row in sub.itertuples():
             path = run.path / row.image_path
             if not path.is_file():
                 continue
@@ -101,10 +125,10 @@ def samples(run: RunDir, blur: bool) -> list[dict[str, Any]]:
             except OSError:
                 continue
             blurred = bool(reasons) and blur
-            shown = blur_image(image) if blurred else image
+            picture = blur_image(image) if blurred else image
             out.append(
                 {
-                    "src": "data:image/png;base64," + base64.b64encode(_png(shown)).decode(),
+                    "src": "data:image/png;base64," + base64.b64encode(_png(picture)).decode(),
                     "config": config,
                     "prompt": row.prompt,
                     "seed": int(row.seed),
