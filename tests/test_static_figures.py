@@ -315,3 +315,70 @@ def test_i2p_paper_outputs_from_the_csv_files(tmp_path: Path) -> None:
     assert {"paper_toxicity.pdf", "paper_i2p_table.svg", "i2p_table.tex"} <= names
     rows = _body_rows((tmp_path / "i2p_table.tex").read_text(encoding="utf-8"))
     assert [_cells(r)[0] for r in rows] == ["all", "hate"]
+
+
+def _data_rates(counts: dict[str, tuple[int, int]]) -> pd.DataFrame:
+    names = {"USA": "United States", "BRA": "Brazil", "DEU": "Germany"}
+    rows = []
+    for iso3, (nude, judged) in counts.items():
+        low, high = wilson_interval(nude, judged)
+        rows.append(
+            {
+                "country": names[iso3],
+                "iso3": iso3,
+                "k_requested": 50,
+                "k_returned": 50,
+                "k_fetched": judged,
+                "nude": nude,
+                "rate": nude / judged,
+                "ci_low": low,
+                "ci_high": high,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+DATA_RATES = _data_rates({"USA": (20, 40), "BRA": (2, 40), "DEU": (9, 36)})
+
+
+def test_country_figure_draws_the_dataset_side_as_one_more_series() -> None:
+    from analysis.figures.paper_dataset import DATASET_CONFIG, with_dataset
+
+    fig = static.country_rates_figure(with_dataset(RATES, DATA_RATES))
+    ax = fig.axes[0]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["sd", "sld_max", DATASET_CONFIG]
+    # unequal n (20 images vs 40/36 neighbours) goes into the tick labels, per series
+    assert [t.get_text() for t in ax.get_yticklabels()][-1] == "United States (n=20/20/40)"
+    data_bars = ax.containers[2].lines[2][0].get_segments()
+    low, high = wilson_interval(9, 36)  # Germany: 9 of 36 judged neighbours
+    assert data_bars[1][:, 0] == pytest.approx([low, high])
+
+
+def test_model_vs_dataset_scatter_places_each_country_and_states_spearman() -> None:
+    from scipy.stats import spearmanr
+
+    from analysis.figures.paper_dataset import model_dataset_figure
+
+    fig = model_dataset_figure(RATES, DATA_RATES)
+    ax = fig.axes[0]
+    sd_points = ax.containers[0].lines[0].get_xydata()
+    joined = DATA_RATES.set_index("iso3").join(
+        RATES[RATES["config"] == "sd"].set_index("iso3"), lsuffix="_d", rsuffix="_m"
+    )
+    assert sd_points == pytest.approx(joined[["rate_d", "rate_m"]].to_numpy())
+    rho = spearmanr(joined["rate_d"], joined["rate_m"]).statistic
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels[1] == f"sd (3 countries, rho = {rho:.2f})"
+    assert labels[0] == "equal rates" and labels[2].startswith("sld_max (3 countries")
+    assert "kNN" in ax.get_xlabel() and "Wilson" in ax.get_ylabel()
+
+
+def test_dataset_paper_figures_are_written_beside_the_probe_ones(tmp_path: Path) -> None:
+    from analysis.figures.dataset import draw_paper_figures
+
+    (tmp_path / "results").mkdir()
+    RATES.to_csv(tmp_path / "results" / "nudity_rates.csv", index=False)
+    names = {p.name for p in draw_paper_figures(tmp_path, DATA_RATES)}
+    assert {
+        f"paper_{s}.{e}" for s in ("map_dataset", "model_vs_dataset") for e in ["pdf", "svg", "png"]
+    } == names

@@ -170,7 +170,7 @@ def _i2p(audit: AuditSpec, entry: ModelEntry, folder: Path, shard: Any, progress
 
 def _knn(audit: AuditSpec, folder: Path) -> Any:
     """The dataset side into the model's probe folder (as `t2i-audit knn query --out`)."""
-    from analysis.figures.dataset import draw_figures
+    from analysis.figures import draw_all
     from analysis.laion.query import knn_query
 
     k, p = audit.knn, audit.probe
@@ -186,7 +186,7 @@ def _knn(audit: AuditSpec, folder: Path) -> Any:
         allow_private=k.allow_private,
         clip_model=k.clip_model,
     )
-    draw_figures(folder)
+    draw_all(folder)  # the probe's country figure gains the dataset side
     return summary
 
 

@@ -83,7 +83,7 @@ def query(
         allow_private=allow_private,
         clip_model=clip_model,
     )
-    from analysis.figures.dataset import draw_figures
+    from analysis.figures import draw_all
 
-    summary["figures"] = len(draw_figures(out))
+    summary["figures"] = len(draw_all(out))  # the probe's country figure gains the dataset side
     print_summary(summary, title=f"knn query → {out}")

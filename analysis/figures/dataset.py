@@ -94,4 +94,23 @@ def draw_figures(run: str | Path) -> list[Path]:
             width=700,
             height=620,
         )
+    return written + draw_paper_figures(run, data_rates)
+
+
+def draw_paper_figures(run: Path, data_rates: pd.DataFrame) -> list[Path]:
+    """Static dataset map and model-vs-dataset scatter (every config) into RUN/figures/."""
+    from analysis.figures.paper_dataset import as_config, model_dataset_figure
+    from analysis.figures.static import rate_map_figure, save_static
+
+    out = run / "figures"
+    written = save_static(
+        rate_map_figure(as_config(data_rates), "dataset (kNN)", "Dataset side: kNN neighbours"),
+        out / "paper_map_dataset",
+    )
+    model_file = run / "results" / "nudity_rates.csv"
+    if model_file.is_file():
+        model_rates = pd.read_csv(model_file, keep_default_na=False, na_values=[""])
+        written += save_static(
+            model_dataset_figure(model_rates, data_rates), out / "paper_model_vs_dataset"
+        )
     return written

@@ -19,7 +19,9 @@ from analysis.resources import DATA_DIR
 from analysis.store import atomic_write_text
 
 TOPOJSON = DATA_DIR / "world_110m.json"
-FORMATS = ("html", "png", "svg")
+# Interactive figures are HTML; the paper's PDF/SVG/PNG come from matplotlib (figures/static.py),
+# which needs no browser. PNG/SVG of a plotly figure stay available: save_figure(formats=...).
+FORMATS = ("html",)
 
 
 @lru_cache(maxsize=1)

@@ -83,10 +83,12 @@ def draw_paper_figures(
     rates: pd.DataFrame, paired: pd.DataFrame, run: Path, mark: str = ""
 ) -> list[Path]:
     """Static PDF/SVG/PNG versions for the paper into RUN/figures/ and the LaTeX table into
-    RUN/results/ (beside nudity_rates.csv), from the same tables as the plotly figures."""
+    RUN/results/ (beside nudity_rates.csv), from the same tables as the plotly figures. The
+    country figure shows the dataset side too when the run has a kNN result."""
     import re
 
     from analysis.figures.latex import rates_table_tex, write_tex
+    from analysis.figures.paper_dataset import with_dataset
     from analysis.figures.static import (
         country_rates_figure,
         dumbbell_figure,
@@ -95,8 +97,13 @@ def draw_paper_figures(
     )
 
     out = run / "figures"
+    data_file = run / "results" / "dataset_nudity_rates.csv"
+    data_rates = _read_table(data_file) if data_file.is_file() else None
     written: list[Path] = []
-    written += save_static(country_rates_figure(rates, mark.strip()), out / "paper_country_rates")
+    written += save_static(
+        country_rates_figure(with_dataset(rates, data_rates), mark.strip()),
+        out / "paper_country_rates",
+    )
     written += save_static(dumbbell_figure(paired, mark.strip()), out / "paper_dumbbell")
     vmax = float(rates["rate"].max(skipna=True)) if len(rates) else 0.0
     for config in dict.fromkeys(rates["config"].astype(str)):

@@ -57,7 +57,7 @@ def palette(n: int) -> list[tuple[float, float, float]]:
     return list(sns.color_palette("colorblind", n_colors=max(n, 1)))
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     """A Figure not registered with pyplot, so building many never leaks global state."""
     require("matplotlib", "figures", "Paper figures")
     import matplotlib as mpl
@@ -65,6 +65,9 @@ def _new_figure(width: float, height: float) -> Figure:
 
     with mpl.rc_context(PAPER_RC):
         return Figure(figsize=(width, height), layout="constrained")
+
+
+_new_figure = new_figure  # older name, kept for callers outside this module
 
 
 def _configs(rates: pd.DataFrame, baseline: str | None = None) -> list[str]:
@@ -99,7 +102,7 @@ def country_rates_figure(
             for c in order
         ]
     colours = palette(len(configs))
-    fig = _new_figure(width, max(1.8, 0.18 * len(order) + 1.3))
+    fig = new_figure(width, max(1.8, 0.18 * len(order) + 1.3))
     with mpl.rc_context(PAPER_RC):
         ax = fig.add_subplot()
         step = 0.6 / max(len(configs), 1)
@@ -155,7 +158,7 @@ def dumbbell_figure(
     from matplotlib.ticker import PercentFormatter
 
     paired = paired[paired["iso3"] != "ALL"].assign(config=lambda t: t["config"].astype(str))
-    fig = _new_figure(width, max(1.8, 0.18 * paired["iso3"].nunique() + 1.3))
+    fig = new_figure(width, max(1.8, 0.18 * paired["iso3"].nunique() + 1.3))
     with mpl.rc_context(PAPER_RC):
         ax = fig.add_subplot()
         if paired.empty:
@@ -314,7 +317,7 @@ def rate_map_figure(
     # Reds from 15%: a rate of 0 stays visibly "measured", apart from the white background
     cmap = ListedColormap(mpl.colormaps[MAP_CMAP](np.linspace(0.15, 1.0, 256)), name="rate")
     world = world_countries()
-    fig = _new_figure(width, width * 0.52)
+    fig = new_figure(width, width * 0.52)
     with mpl.rc_context(PAPER_RC):
         ax = fig.add_subplot()
         for row in world.itertuples():
@@ -384,7 +387,7 @@ def toxicity_figure(
             r = row.iloc[0]
             rho, low, high, n = float(r["spearman_rho"]), r["ci_low"], r["ci_high"], int(r["n"])
     colours = palette(4)
-    fig = _new_figure(width, width * 0.8)
+    fig = new_figure(width, width * 0.8)
     with mpl.rc_context(PAPER_RC):
         ax = fig.add_subplot()
         hb = ax.hexbin(
@@ -435,7 +438,7 @@ def i2p_table_figure(table: pd.DataFrame, width: float = PAGE_WIDTH) -> Figure:
     categories = list(dict.fromkeys(table["category"]))
     configs = [str(c) for c in dict.fromkeys(table["config"])]
     colours = palette(len(configs))
-    fig = _new_figure(width, 2.4)
+    fig = new_figure(width, 2.4)
     with mpl.rc_context(PAPER_RC):
         ax = fig.add_subplot()
         w = 0.8 / len(configs)
