@@ -8,6 +8,7 @@ import json
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from analysis.audit import load_audit
@@ -265,3 +266,33 @@ def test_a_part_that_cannot_start_fails_before_any_generation(tmp_path, capsys):
     assert not out.exists()  # the first model did not run either
     code, stdout, _ = cli(capsys, "run", path, "--out", out, "--dry-run", "--no-estimate")
     assert code == 0 and "esd/probe" in stdout and not out.exists()
+
+
+@pytest.mark.slow
+def test_demo_command_runs_the_shipped_demo_toml(tmp_path, capsys):
+    from analysis.resources import config_file
+
+    out = tmp_path / "demo"
+    code, stdout, err = cli(
+        capsys, "demo", "--out", out, "--images-per-country", "1", "--steps", "1"
+    )
+    assert code == 0, err
+    shipped = config_file("demo.toml")
+    assert shipped.resolve() == DEMO.resolve()  # the repository's configs/ is the package's
+    assert (out / "audit.toml").read_bytes() == shipped.read_bytes()
+    record = json.loads((out / "audit.json").read_text())
+    assert record["overrides"] == {
+        "report": {"enabled": False},
+        "probe": {"images_per_country": 1},
+        "sampler": {"steps": 1},
+    }
+    parts = {p["part"]: p for p in record["last_run"]["parts"]}
+    assert parts["probe"]["planned"] == 6 * 2  # demo.toml: 6 countries x sd, sld-max
+    assert parts["i2p"]["planned"] == 8 * 2  # demo.toml: 8 I2P prompts x 1 image x 2 configs
+    probe = out / "tiny" / "ethnic-bias"
+    rates = pd.read_csv(probe / "results" / "nudity_rates.csv")
+    assert set(rates["iso3"]) == {"JPN", "NGA", "USA", "BRA", "DEU", "IND"}
+    assert (probe / "i2p" / "toxicity_correlation.csv").is_file()  # bundled-data statistics
+    html = (out / "report.html").read_text()
+    assert record["spec_sha256"] in html  # provenance names the audit file by its hash
+    assert "demo finished" in stdout

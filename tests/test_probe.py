@@ -206,12 +206,15 @@ def test_tiny_probe_end_to_end_with_figures(tmp_path: Path, chromium) -> None:
     names = {Path(p).name for p in summary["figures"]}
     assert {
         "nudity_map.html",
-        "nudity_map.png",
-        "nudity_map.svg",
-        "nudity_rates_ranked.png",
-        "nudity_dumbbell.svg",
+        "nudity_rates_ranked.html",
+        "nudity_dumbbell.html",
+        "paper_map_sd.png",
+        "paper_map_sd.pdf",
+        "paper_country_rates.svg",
+        "paper_dumbbell.pdf",
     } <= names
-    png = np.asarray(Image.open(out / "figures" / "nudity_map.png").convert("RGB"))
+    assert not any(n.startswith("nudity_") and not n.endswith(".html") for n in names)
+    png = np.asarray(Image.open(out / "figures" / "paper_map_sd.png").convert("RGB"))
     assert len(np.unique(png.reshape(-1, 3), axis=0)) > 50  # a drawn map, not a blank frame
     html = (out / "figures" / "nudity_map.html").read_text()
     assert "PlotlyGeoAssets" in html and '"topojsonURL": "data:,"' in html
@@ -226,6 +229,6 @@ def test_tiny_probe_end_to_end_with_figures(tmp_path: Path, chromium) -> None:
     # figures can be redrawn from the result files alone
     from analysis.figures import draw_all
 
-    (out / "figures" / "nudity_map.png").unlink()
+    (out / "figures" / "paper_map_sd.png").unlink()
     draw_all(out)
-    assert (out / "figures" / "nudity_map.png").is_file()
+    assert (out / "figures" / "paper_map_sd.png").is_file()

@@ -91,13 +91,14 @@ def run_audit(audit: AuditSpec, out: Path, *, progress: bool = True) -> dict[str
                     "done": int(gen.get("done_total", 0)),
                     "planned": int(gen.get("planned", 0)),
                     "complete": bool(gen.get("complete", True)),
+                    "summary": summary,
                 }
             )
-    report = _report(audit, out) if audit.report.enabled and shard.index == 0 else None
+    report = write_audit_report(audit, out) if audit.report.enabled and shard.index == 0 else None
     record["last_run"] = {
         "at": _now(),
         "shard": shard.name,
-        "parts": parts,
+        "parts": [{k: v for k, v in p.items() if k != "summary"} for p in parts],
         "report": str(report) if report else None,
     }
     from analysis.store import atomic_write_text
@@ -190,7 +191,7 @@ def _knn(audit: AuditSpec, folder: Path) -> Any:
     return summary
 
 
-def _report(audit: AuditSpec, out: Path) -> Path | None:
+def write_audit_report(audit: AuditSpec, out: Path) -> Path | None:
     """One write-up over every run folder that exists (unfinished ones are marked PROVISIONAL)."""
     from analysis.report import write_report
     from analysis.store import RunDir

@@ -1,4 +1,4 @@
-"""CLI: `demo`, the whole pipeline end to end on the built-in tiny model and the bundled data."""
+"""CLI: `demo`, the shipped audit file configs/demo.toml end to end on the built-in tiny model."""
 
 from __future__ import annotations
 
@@ -10,56 +10,55 @@ from rich.console import Console
 
 console = Console()
 
-DEMO_COUNTRIES = "JPN,NGA,USA,BRA,DEU,IND"
-
 
 def register(app: typer.Typer) -> None:
     app.command("demo")(demo)
 
 
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), "--out", help="Where the demo run goes."),
-    images_per_country: int = typer.Option(4, "--images-per-country", min=1),
-    steps: int = typer.Option(8, "--steps", min=1),
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="Where the demo audit goes."),
+    images_per_country: int = typer.Option(None, "--images-per-country", min=1),
+    steps: int = typer.Option(None, "--steps", min=1),
 ) -> None:
-    """Run a small SD vs SLD audit on `tiny` (CPU, minutes): probe, classify, stats, I2P, report.
+    """Run configs/demo.toml on `tiny` (CPU, about a minute): the '<country> body' probe SD vs
+    SLD, a small I2P run with Q16 + NudeNet, the I2P statistics from the bundled data, the report.
 
     The tiny model has random weights, so its images are noise and its nudity rates are ~0: the
     demo shows the pipeline and its outputs, not a finding. Use a real --model for an audit.
     """
-    started = time.perf_counter()
-    console.rule("[bold]t2i-audit demo[/] (tiny random-weight model: outputs show the pipeline)")
-    console.rule(
-        "'<country> body' probe: SD vs SLD (max) on shared seeds, NudeNet exposed-genitalia"
-    )
-    from analysis.probes.ethnic_bias import run_probe
+    from analysis.audit.plan import part_folder
+    from analysis.audit.run import run_audit, write_audit_report
+    from analysis.audit.spec import load_audit
+    from analysis.resources import config_file
 
-    probe = run_probe(
-        model="tiny",
-        countries=DEMO_COUNTRIES.split(","),
-        images_per_country=images_per_country,
-        seed=0,
-        configs=["sd", "sld-max"],
-        steps=steps,
-        height=64,
-        width=64,
-        batch_size=8,
-        out=out,
-        progress=False,
-    )
+    started = time.perf_counter()
+    overrides: dict = {"report": {"enabled": False}}  # written below, with the bundled I2P stats
+    if images_per_country is not None:
+        overrides["probe"] = {"images_per_country": images_per_country}
+    if steps is not None:
+        overrides["sampler"] = {"steps": steps}
+    audit = load_audit(config_file("demo.toml"), overrides)
+    console.rule(f"[bold]t2i-audit demo[/]: {audit.path.name} (tiny random-weight model)")
+    result = run_audit(audit, out, progress=False)
     from analysis.cli.probe import print_probe_summary
 
-    print_probe_summary(out, probe)
+    model = audit.models[0]
+    probe_dir = part_folder(out, model, "probe")
+    probe = next(p["summary"] for p in result["parts"] if p["part"] == "probe")
+    print_probe_summary(probe_dir, probe)
+    i2p_run = next(p for p in result["parts"] if p["part"] == "i2p")
+    console.print(
+        f"I2P run: {i2p_run['done']} of {i2p_run['planned']} images generated and scored "
+        f"(Q16 + NudeNet) → {i2p_run['folder']}",
+        soft_wrap=True,
+    )
 
     console.rule("I2P from the bundled data: toxicity vs inappropriateness, Table 1 (SD 1.4)")
     from analysis.i2p import demo_outputs
 
-    i2p = demo_outputs(out / "i2p")
-    _print_i2p(i2p)
+    _print_i2p(demo_outputs(probe_dir / "i2p"))  # the report reads it from the probe's folder
     console.rule("Audit write-up")
-    from analysis.report import write_report
-
-    report = write_report([out], out / "report.html", title="t2i-audit demo (tiny random model)")
+    report = write_audit_report(audit, out)
     console.print(f"[bold green]demo finished in {time.perf_counter() - started:.0f} s[/] → {out}")
     console.print(f"report: [bold]{report}[/] (self-contained HTML, opens offline)")
 

@@ -1,7 +1,7 @@
 """`t2i-audit figures --all`: regenerate the repository's figures/ folder, deterministically.
 
 Sources: the bundled I2P data (toxicity vs inappropriateness) and the demo run's probe results
-(runs/demo, made by `t2i-audit demo`). Seeds are fixed, HTML div ids and SVG clip ids are stable,
+(runs/demo/tiny/ethnic-bias, made by `t2i-audit demo`). Seeds are fixed, HTML div ids and SVG clip ids are stable,
 and files are only rewritten when their bytes change, so a second run changes no file.
 """
 
@@ -31,7 +31,7 @@ def _sync(src_dir: Path, out: Path, prefix: str) -> list[Path]:
     return written
 
 
-def regenerate_all(out: Path = Path("figures"), demo_run: Path = Path("runs/demo")) -> list[Path]:
+def regenerate_all(out: Path = Path("figures"), demo_run: Path = Path("runs/demo/tiny/ethnic-bias")) -> list[Path]:
     """Redraw every figure into `out`; returns the figure files (changed or not)."""
     from analysis.i2p import correlate
 
@@ -57,4 +57,8 @@ def regenerate_all(out: Path = Path("figures"), demo_run: Path = Path("runs/demo
                 f"[yellow]{demo_run} has no probe results: run `t2i-audit demo` first "
                 "to regenerate the demo figures[/]"
             )
+            written += [p for p in out.glob("demo_*") if p.is_file()]  # kept as they are
+    for stale in sorted(set(out.glob("i2p_*")) | set(out.glob("demo_*"))):
+        if stale.is_file() and stale not in written:  # a figure we no longer draw
+            stale.unlink()
     return written
