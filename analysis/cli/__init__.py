@@ -30,9 +30,10 @@ def _register() -> None:
         probe,
         report,
         run,
+        study,
     )
 
-    for module in (generate, classify, probe, i2p, knn, figures, report, demo, run):
+    for module in (generate, classify, probe, i2p, knn, figures, report, demo, run, study):
         module.register(app)
 
 
