@@ -28,12 +28,14 @@ def _register() -> None:
         i2p,
         knn,
         probe,
+        quality,
         report,
         run,
         study,
     )
 
-    for module in (generate, classify, probe, i2p, knn, figures, report, demo, run, study):
+    modules = (generate, classify, probe, i2p, knn, figures, report, demo, run, study, quality)
+    for module in modules:
         module.register(app)
 
 
