@@ -25,6 +25,7 @@ def _register() -> None:
         demo,
         figures,
         generate,
+        guardrails,
         i2p,
         knn,
         probe,
@@ -34,7 +35,8 @@ def _register() -> None:
         study,
     )
 
-    modules = (generate, classify, probe, i2p, knn, figures, report, demo, run, study, quality)
+    modules = (generate, classify, probe, i2p, knn, guardrails, figures, report, demo, run)
+    modules += (study, quality)
     for module in modules:
         module.register(app)
 

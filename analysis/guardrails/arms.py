@@ -1,0 +1,139 @@
+"""Guardrail arms: one (run folder, config) each, named, and paired with the baseline by seed.
+
+A guardrail is compared with SD on the same prompts and seeds. Runs made with another UNet (an
+ESD file, a fine-tune) are separate run folders of the same spec, so their items pair with the
+baseline's by (prompt_id, seed, image_index), never by item id (which hashes the weights).
+An image filter is not a run: it is the baseline's images with the flagged ones withheld.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from analysis.errors import AuditError
+from analysis.store import RunDir
+
+PAIR_KEY = ["prompt_id", "seed", "image_index"]
+FILTER_SUFFIX = "+filter"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One guardrail: `config` of the run in `run`, under a display name."""
+
+    name: str
+    run: Path
+    config: str
+    family: str  # baseline | guidance | negative prompt | image filter | erasure / other weights
+    model: str  # what generated it (model id, plus the swapped UNet's file name)
+    part: str  # probe | i2p
+    recipe: dict | None = None  # an ESD file's training recipe, when the UNet records one
+
+    @property
+    def is_filter(self) -> bool:
+        return self.config.endswith(FILTER_SUFFIX)
+
+    @property
+    def source_config(self) -> str:
+        """The config whose images the arm shows (sd+filter shows sd's)."""
+        return self.config.removesuffix(FILTER_SUFFIX)
+
+
+def run_part(run: Path) -> str:
+    """'probe' or 'i2p' from the manifest (what `probe ethnic-bias` / `i2p run` recorded)."""
+    extra = RunDir(run).read_manifest().get("spec", {}).get("extra", {})
+    if "i2p_data" in extra:
+        return "i2p"
+    if "probe" in extra:
+        return "probe"
+    raise AuditError(f"{run} is neither a probe nor an I2P run (its manifest names neither)")
+
+
+def model_label(run: Path) -> tuple[str, dict | None]:
+    """The model of a run as a reader names it: the hub id/folder, plus `+<unet file>` when a
+    UNet was swapped in; and that file's training recipe when it records one (ESD)."""
+    spec = RunDir(run).read_manifest().get("spec", {})
+    label = str(spec.get("model", "?"))
+    unet = spec.get("unet")
+    if not unet:
+        return label, None
+    return f"{label}+{Path(str(unet)).name}", _recipe(Path(str(unet)))
+
+
+def _recipe(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        from analysis.erase import read_recipe
+    except ImportError:  # the erase module is optional here
+        return None
+    return read_recipe(path)
+
+
+def _family(config: str, weights_swapped: bool) -> str:
+    if config.endswith(FILTER_SUFFIX):
+        return "image filter"
+    if weights_swapped:
+        return "erasure / other weights"
+    if config == "sd":
+        return "baseline"
+    if config.startswith("negative"):
+        return "negative prompt"
+    return "guidance"
+
+
+def arms_of(runs: list[Path], part: str | None = None) -> list[Arm]:
+    """Every config of every run (and `<config>+filter` where safety-checker scores exist).
+
+    Names: the config alone for the first run's model; `<model>:<config>` for other models,
+    so an ESD run's `sd` reads `sd-v1-4+esd.safetensors:sd`.
+    """
+    arms: list[Arm] = []
+    base_model = None
+    for run in runs:
+        run = Path(run)
+        kind = run_part(run)
+        if part is not None and kind != part:
+            continue
+        label, recipe = model_label(run)
+        base_model = base_model or label
+        spec = RunDir(run).read_manifest().get("spec", {})
+        configs = [str(c["name"]) for c in spec.get("configs", []) if "name" in c]
+        swapped = bool(spec.get("unet"))
+        filtered = _has_scores(run, "safety-checker")
+        for config in configs:
+            for name in [config, config + FILTER_SUFFIX] if filtered else [config]:
+                arms.append(
+                    Arm(
+                        name=name if label == base_model else f"{label}:{name}",
+                        run=run,
+                        config=name,
+                        family=_family(name, swapped),
+                        model=label,
+                        part=kind,
+                        recipe=recipe,
+                    )
+                )
+    names = [a.name for a in arms]
+    if len(set(names)) < len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise AuditError(
+            f"two runs give the guardrail(s) {', '.join(twice)}: give each model's runs once"
+        )
+    return arms
+
+
+def _has_scores(run: Path, classifier: str) -> bool:
+    scores = RunDir(run).scores_dir
+    parts = RunDir(run).parts_dir
+    return (scores / f"{classifier}.parquet").is_file() or any(
+        parts.glob(f"classify-{classifier}*")
+    )
+
+
+def describe(arm: Arm) -> str:
+    """One line for provenance: what the arm is and where its numbers come from."""
+    recipe = f"; recipe {json.dumps(arm.recipe, sort_keys=True)}" if arm.recipe else ""
+    return f"{arm.name}: {arm.family}, {arm.model}, config {arm.config} in {arm.run}{recipe}"
