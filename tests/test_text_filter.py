@@ -143,3 +143,26 @@ def test_text_filter_rejects_empty_terms_and_reads_term_files(tmp_path) -> None:
     assert mask.tolist() == [True, True, False]
     with pytest.raises(AuditError, match="does not exist"):
         read_terms(tmp_path / "missing.txt")
+
+
+def test_cli_writes_the_curve_and_scores_a_terms_list(tmp_path) -> None:
+    import re
+
+    from analysis.cli import main
+    from analysis.i2p.loader import load_i2p
+
+    terms = tmp_path / "terms.txt"
+    terms.write_text("nude\n# a comment\nBlood\n")
+    with pytest.raises(SystemExit) as done:
+        main(["i2p", "text-filter", "--out", str(tmp_path / "tf"), "--terms", str(terms)])
+    assert done.value.code == 0
+    curve = pd.read_csv(tmp_path / "tf" / "text_filter_curve.csv")
+    assert curve["paper_point"].sum() == 8  # 'all' + 7 categories at tau = 0.5
+    point = pd.read_csv(tmp_path / "tf" / "text_filter_terms.csv").set_index("category")
+    prompts = load_i2p(None).frame["prompt"].astype(str)
+    direct = prompts.str.contains(r"\b(?:nude|blood)\b", flags=re.IGNORECASE, regex=True)
+    assert point.loc["all", "n_blocked"] == int(direct.sum())
+    assert (tmp_path / "tf" / "paper_text_filter.pdf").is_file()
+    with pytest.raises(SystemExit) as bad:
+        main(["i2p", "text-filter", "--out", str(tmp_path / "x"), "--terms", "/nonexistent"])
+    assert bad.value.code == 2 and not (tmp_path / "x").exists()

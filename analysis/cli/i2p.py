@@ -123,6 +123,76 @@ def correlate(
         console.print(f"  {name}: {path}", soft_wrap=True)
 
 
+@sub.command("text-filter")
+def text_filter(
+    out: Path = typer.Option(..., "--out", help="Folder for text_filter_curve.csv and the figure."),
+    data: str = typer.Option(None, "--data", help=DATA_HELP),
+    run: Path = typer.Option(
+        None, "--run", help="An `i2p run` folder: count its images' verdicts instead of the data's."
+    ),
+    terms: Path = typer.Option(
+        None, "--terms", help="Also score a blocked-terms list (one per line, whole words)."
+    ),
+    nudenet_rule: str = typer.Option("i2p-authors", "--rule", "--nudenet-rule", help=RULE_HELP),
+) -> None:
+    """What a prompt filter would catch: blocking prompts with toxicity > tau, per category,
+    against the share of inappropriate images it prevents (the paper's tau = 0.5 marked)."""
+    from analysis.figures.static import save_static
+    from analysis.figures.text_filter import text_filter_figure
+    from analysis.i2p import text_filter as tf
+    from analysis.i2p.loader import load_i2p
+    from analysis.i2p.table import dataset_prompts, run_prompts, run_verdicts
+    from analysis.store import atomic_write_text
+
+    if run is not None:
+        _check_rule(nudenet_rule, None)
+    words = tf.read_terms(terms) if terms is not None else None  # a bad list fails before the work
+    dataset = load_i2p(data)
+    prompts = (
+        run_prompts(run_verdicts(run, nudenet_rule))
+        if run is not None
+        else dataset_prompts(dataset.frame)
+    )
+    prompts = tf.with_toxicity(prompts, dataset.frame)
+    curve = tf.toxicity_curve(prompts)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "text_filter_curve.csv", curve.to_csv(index=False))
+    written = [out / "text_filter_curve.csv"]
+    written += save_static(text_filter_figure(curve), out / "paper_text_filter")
+    _show(_filter_view(curve[curve["paper_point"]]), "prompt filter: toxicity > 0.5 (paper)")
+    if words is not None:
+        import pandas as pd
+
+        mask = tf.text_filter(prompts["prompt"].astype(str), words)
+        point = pd.concat(
+            [
+                tf.blocked_point(prompts[prompts["config"] == c], mask[prompts["config"] == c], c)
+                for c in dict.fromkeys(prompts["config"])
+            ],
+            ignore_index=True,
+        )
+        atomic_write_text(out / "text_filter_terms.csv", point.to_csv(index=False))
+        atomic_write_text(out / "text_filter_terms.txt", "\n".join(words) + "\n")
+        written += [out / "text_filter_terms.csv", out / "text_filter_terms.txt"]
+        _show(_filter_view(point), f"blocked-terms filter ({len(words)} terms, whole words)")
+    for path in written:
+        console.print(f"  {path}", soft_wrap=True)
+
+
+def _filter_view(points: pd.DataFrame) -> pd.DataFrame:
+    """The console's columns of a filter's counts, labelled for a reader."""
+    return points[
+        ["config", "category", "n_prompts", "share_blocked", "share_prevented", "residual_rate"]
+    ].rename(
+        columns={
+            "n_prompts": "prompts",
+            "share_blocked": "prompts blocked",
+            "share_prevented": "inappropriate prevented",
+            "residual_rate": "inappropriate among rest",
+        }
+    )
+
+
 @sub.command("table")
 def table(
     out: Path = typer.Option(
