@@ -177,6 +177,7 @@ def test_i2p_change_interval_is_a_cluster_bootstrap_over_prompts(monkeypatch) ->
                     {
                         "item_id": f"{config}-{prompt}-{k}",
                         "prompt_id": prompt,
+                        "prompt": f"text of {prompt}",
                         "seed": 100 + i,
                         "image_index": k,
                         "config": config,
@@ -271,3 +272,20 @@ def test_outputs_are_readable_and_leave_out_parts_that_did_not_run(two_models, t
         compare_guardrails([base], tmp_path / "h", baseline="sld-weak")
     with pytest.raises(AuditError, match="not a t2i-audit run"):
         compare_guardrails([tmp_path / "nothing"], tmp_path / "h")
+
+
+def test_text_filter_arm_withholds_every_image_of_a_blocked_prompt(two_models, monkeypatch):
+    import analysis.classifiers
+
+    base, _ = two_models
+    monkeypatch.setattr(analysis.classifiers, "load_verdicts", _fake_verdicts(9))
+    arms = arms_of([base], text_terms=("japanese",))
+    assert [a.name for a in arms] == ["sd", "sd+text-filter", "sld-max", "sld-max+text-filter"]
+    row = guardrail_table(arms).set_index("guardrail").loc["sd+text-filter"]
+    sd = _fake_verdicts(9)(base).query("config == 'sd'")
+    blocked = sd["prompt"].str.contains("japanese").to_numpy()
+    nude = sd["verdict"].astype(bool).to_numpy()
+    assert blocked.sum() == 6 and row["block_rate"] == pytest.approx(1 / 3)
+    assert row["probe_rate"] == pytest.approx((nude & ~blocked).mean())
+    assert row["residual_rate"] == pytest.approx(nude[~blocked].mean())
+    assert arms[1].family == "text filter" and arms[1].terms == ("japanese",)

@@ -33,6 +33,11 @@ def guardrails(
     seed: int = typer.Option(0, "--seed", help="Seed of the I2P cluster bootstrap."),
     probe_rule: str = typer.Option(None, "--probe-rule", help="NudeNet rule (default: the run's)."),
     i2p_rule: str = typer.Option(None, "--i2p-rule", help="NudeNet rule for I2P (i2p-authors)."),
+    text_filter: Path = typer.Option(
+        None,
+        "--text-filter",
+        help="Blocked terms (one per line, whole words, any case): adds <config>+text-filter.",
+    ),
 ) -> None:
     """Guardrail table: nudity rate, I2P share, block rate and the paired change vs SD (with
     intervals), next to FID, CLIP distance and user preference when given."""
@@ -40,7 +45,9 @@ def guardrails(
 
     from analysis.guardrails import compare_guardrails
     from analysis.guardrails.outputs import readable_table
+    from analysis.i2p.text_filter import read_terms
 
+    terms = tuple(read_terms(text_filter)) if text_filter is not None else ()
     result = compare_guardrails(
         runs,
         out,
@@ -50,6 +57,7 @@ def guardrails(
         seed=seed,
         probe_rule=probe_rule,
         i2p_rule=i2p_rule,
+        text_terms=terms,
     )
     readable = readable_table(result["table"])
     view = Table(title=f"guardrails vs {baseline} (same seeds) → {out}", title_justify="left")

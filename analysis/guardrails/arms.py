@@ -16,7 +16,8 @@ from analysis.errors import AuditError
 from analysis.store import RunDir
 
 PAIR_KEY = ["prompt_id", "seed", "image_index"]
-FILTER_SUFFIX = "+filter"
+FILTER_SUFFIX = "+filter"  # SD's image safety checker withholds flagged images
+TEXT_FILTER_SUFFIX = "+text-filter"  # a blocked-terms list withholds whole prompts
 
 
 @dataclass(frozen=True)
@@ -30,15 +31,20 @@ class Arm:
     model: str  # what generated it (model id, plus the swapped UNet's file name)
     part: str  # probe | i2p
     recipe: dict | None = None  # an ESD file's training recipe, when the UNet records one
+    terms: tuple[str, ...] = ()  # a text filter's blocked terms
 
     @property
     def is_filter(self) -> bool:
         return self.config.endswith(FILTER_SUFFIX)
 
     @property
+    def is_text_filter(self) -> bool:
+        return self.config.endswith(TEXT_FILTER_SUFFIX)
+
+    @property
     def source_config(self) -> str:
-        """The config whose images the arm shows (sd+filter shows sd's)."""
-        return self.config.removesuffix(FILTER_SUFFIX)
+        """The config whose images the arm shows (sd+filter and sd+text-filter show sd's)."""
+        return self.config.removesuffix(TEXT_FILTER_SUFFIX).removesuffix(FILTER_SUFFIX)
 
 
 def run_part(run: Path) -> str:
@@ -73,6 +79,8 @@ def _recipe(path: Path) -> dict | None:
 
 
 def _family(config: str, weights_swapped: bool) -> str:
+    if config.endswith(TEXT_FILTER_SUFFIX):
+        return "text filter"
     if config.endswith(FILTER_SUFFIX):
         return "image filter"
     if weights_swapped:
@@ -84,8 +92,11 @@ def _family(config: str, weights_swapped: bool) -> str:
     return "guidance"
 
 
-def arms_of(runs: list[Path], part: str | None = None) -> list[Arm]:
-    """Every config of every run (and `<config>+filter` where safety-checker scores exist).
+def arms_of(
+    runs: list[Path], part: str | None = None, text_terms: tuple[str, ...] = ()
+) -> list[Arm]:
+    """Every config of every run, `<config>+filter` where safety-checker scores exist, and
+    `<config>+text-filter` when blocked terms are given.
 
     Names: the config alone for the first run's model; `<model>:<config>` for other models,
     so an ESD run's `sd` reads `sd-v1-4+esd.safetensors:sd`.
@@ -104,7 +115,9 @@ def arms_of(runs: list[Path], part: str | None = None) -> list[Arm]:
         swapped = bool(spec.get("unet"))
         filtered = _has_scores(run, "safety-checker")
         for config in configs:
-            for name in [config, config + FILTER_SUFFIX] if filtered else [config]:
+            names = [config, *([config + FILTER_SUFFIX] if filtered else [])]
+            names += [config + TEXT_FILTER_SUFFIX] if text_terms else []
+            for name in names:
                 arms.append(
                     Arm(
                         name=name if label == base_model else f"{label}:{name}",
@@ -114,6 +127,7 @@ def arms_of(runs: list[Path], part: str | None = None) -> list[Arm]:
                         model=label,
                         part=kind,
                         recipe=recipe,
+                        terms=tuple(text_terms) if name.endswith(TEXT_FILTER_SUFFIX) else (),
                     )
                 )
     names = [a.name for a in arms]
@@ -136,4 +150,5 @@ def _has_scores(run: Path, classifier: str) -> bool:
 def describe(arm: Arm) -> str:
     """One line for provenance: what the arm is and where its numbers come from."""
     recipe = f"; recipe {json.dumps(arm.recipe, sort_keys=True)}" if arm.recipe else ""
-    return f"{arm.name}: {arm.family}, {arm.model}, config {arm.config} in {arm.run}{recipe}"
+    terms = f"; blocked terms {list(arm.terms)}" if arm.terms else ""
+    return f"{arm.name}: {arm.family}, {arm.model}, config {arm.config} in {arm.run}{recipe}{terms}"
