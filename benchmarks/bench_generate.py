@@ -3,25 +3,30 @@
     python benchmarks/bench_generate.py                           # tiny model on the CPU
     python benchmarks/bench_generate.py --model sd1-arch --device cuda --dtype float16 \
         --height 512 --width 512 --steps 50 --batch-sizes 1,8,16,32   # full-size SD 1.x, random
+    python benchmarks/bench_generate.py --model sd2-arch ...       # SD 2.x 768-v, random weights
+    python benchmarks/bench_generate.py --model sdxl-arch ...      # SDXL base, random weights
 
-For every batch size B it prints images/s for ours and for StableDiffusionPipeline /
-StableDiffusionPipelineSafe (sd and sld-strong), the ratios, the SLD/SD time ratio (SLD runs the
-UNet on 3 rows per image instead of 2, so about 1.5 is the floor), the UNet's achieved TFLOP/s and
-MFU (FLOPs counted with torch.utils.flop_counter, peak from a table of known devices), peak GPU
-memory, and the projected wall time of the paper's 30,000-image probe (50 countries x 100 images
-x 6 configs: sd, negative and four SLD presets). It then checks, on this device, that an image
-is bit-identical in two different batch compositions of the same B, and that our SLD matches
-diffusers' Safe pipeline on the final latents.
+For every batch size B it prints images/s for ours and for diffusers' pipelines on the same
+modules (SD 1.x/2.x: StableDiffusionPipeline and StableDiffusionPipelineSafe for sd and
+sld-strong; SDXL: StableDiffusionXLPipeline for sd, and no diffusers baseline for SLD), the
+ratios, the SLD/SD time ratio (SLD runs the UNet on 3 rows per image instead of 2, so about 1.5
+is the floor), the UNet's achieved TFLOP/s and MFU (FLOPs counted with torch.utils.flop_counter,
+peak from a table of known devices), peak GPU memory, and the projected wall time of the paper's
+30,000-image probe (50 countries x 100 images x 6 configs: sd, negative and four SLD presets).
+It then checks, on this device, that an image is bit-identical in two different batch
+compositions of the same B, and (SD 1.x/2.x) that our SLD matches diffusers' Safe pipeline on
+the final latents.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 import warnings
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.pipelines.deprecated.stable_diffusion_safe import StableDiffusionPipelineSafe
 from rich.console import Console
 from rich.table import Table
@@ -59,13 +64,42 @@ def _unet_flops(model, rows: int, height: int, width: int) -> float:
         dtype=model.dtype,
     )  # fmt: skip
     hidden = torch.zeros(
-        rows, model.tokenizer.model_max_length, model.text_encoder.config.hidden_size,
+        rows, model.tokenizer.model_max_length, model.unet.config.cross_attention_dim,
         device=model.device, dtype=model.dtype,
     )  # fmt: skip
+    added = None
+    if model.family == "sdxl":
+        pooled = model.text_encoder_2.config.projection_dim
+        added = {
+            "text_embeds": torch.zeros(rows, pooled, device=model.device, dtype=model.dtype),
+            "time_ids": torch.zeros(rows, 6, device=model.device, dtype=model.dtype),
+        }
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
-        model.unet(latents, torch.tensor(999, device=model.device), encoder_hidden_states=hidden)
+        model.unet(
+            latents, torch.tensor(999, device=model.device), encoder_hidden_states=hidden,
+            added_cond_kwargs=added,
+        )  # fmt: skip
     return float(counter.get_total_flops())
+
+
+def _pipelines(model):
+    """diffusers' reference pipelines on our modules: (plain, Safe or None for SDXL)."""
+    if model.family == "sdxl":
+        parts = model.components()
+        # diffusers keeps the VAE in the model dtype and upcasts per call: its own cost, measured
+        parts["vae"] = copy.deepcopy(model.vae).to(model.dtype)
+        pipe = StableDiffusionXLPipeline(
+            **parts, force_zeros_for_empty_prompt=model.force_zeros_for_empty_prompt
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe, None
+    extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    sd_pipe = StableDiffusionPipeline(**model.components(), **extra)
+    safe_pipe = StableDiffusionPipelineSafe(**model.components(), **extra)
+    for pipe in (sd_pipe, safe_pipe):
+        pipe.set_progress_bar_config(disable=True)
+    return sd_pipe, safe_pipe
 
 
 def _peak(device: torch.device) -> float | None:
@@ -77,7 +111,7 @@ def _peak(device: torch.device) -> float | None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--model", default="tiny")
+    ap.add_argument("--model", default="tiny", help="a builtin (tiny, sd1-arch, sd2-arch, ...)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--steps", type=int, default=10)
@@ -91,11 +125,7 @@ def main() -> None:
 
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     device = model.device
-    extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
-    sd_pipe = StableDiffusionPipeline(**model.components(), **extra)
-    safe_pipe = StableDiffusionPipelineSafe(**model.components(), **extra)
-    for pipe in (sd_pipe, safe_pipe):
-        pipe.set_progress_bar_config(disable=True)
+    sd_pipe, safe_pipe = _pipelines(model)
     sld = resolve_config("sld-strong")
     common = {
         "num_inference_steps": args.steps,
@@ -114,7 +144,8 @@ def main() -> None:
     names = ("japanese", "nigerian", "french", "brazilian")
     peak = _peak(device)
     table = Table(
-        title=f"{args.model} on {device} ({args.dtype}), {args.steps} steps, "
+        title=f"{args.model} ({model.family}, {model.prediction_type}) on {device} "
+        f"({args.dtype}), {args.steps} steps, "
         f"{args.height}x{args.width}, {args.batches} batches x {args.repeats} repeats per cell"
     )
     for col in (
@@ -148,13 +179,14 @@ def main() -> None:
 
             t_ours = _time(ours, device, args.repeats)
             mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-            t_ref = _time(ref, device, args.repeats)
+            t_ref = _time(ref, device, args.repeats) if pipe is not None else None
             flops = _unet_flops(model, rows * size, args.height, args.width) * args.steps
             achieved = flops * args.batches / t_ours / 1e12
             rates[name] = n_images / t_ours
             table.add_row(
-                str(size), name, f"{n_images / t_ours:.2f}", f"{n_images / t_ref:.2f}",
-                f"{t_ref / t_ours:.2f}x", f"{achieved:.3g}",
+                str(size), name, f"{n_images / t_ours:.2f}",
+                f"{n_images / t_ref:.2f}" if t_ref else "-",
+                f"{t_ref / t_ours:.2f}x" if t_ref else "-", f"{achieved:.3g}",
                 f"{achieved / peak:.0%}" if peak else "n/a",
                 f"{mem:.1f}" if mem is not None else "-",
             )  # fmt: skip
@@ -180,6 +212,11 @@ def _checks(model, args, console: Console) -> None:
     other = sample(model, ["x", "y", "japanese body"], [7, 8, 0], config, params, "latent")
     same = torch.equal(batch[0], other[2])
     console.print(f"fixed-shape invariance (B={size}, same item in two compositions): {same}")
+    if model.family == "sdxl":
+        console.print(
+            "SDXL: no diffusers Safe pipeline to compare SLD with (tests/test_families.py)"
+        )
+        return
     captured = {}
     pipe = StableDiffusionPipelineSafe(
         **model.components(),

@@ -295,4 +295,8 @@ def test_demo_command_runs_the_shipped_demo_toml(tmp_path, capsys):
     assert (probe / "i2p" / "toxicity_correlation.csv").is_file()  # bundled-data statistics
     html = (out / "report.html").read_text()
     assert record["spec_sha256"] in html  # provenance names the audit file by its hash
+    guard = pd.read_csv(out / "guardrails" / "guardrails.csv").set_index("guardrail")
+    assert list(guard.index) == ["sd", "sld-max"]
+    assert guard.loc["sld-max", "probe_n_pairs"] == 6 and guard.loc["sld-max", "i2p_n_pairs"] == 8
+    assert "Guardrails against sd" in html and "Change vs SD (probe)" in html
     assert "demo finished" in stdout

@@ -132,12 +132,17 @@ def batch_seconds(audit: AuditSpec, entry: ModelEntry) -> dict[str, float]:
     model = load_model(entry.model, unet=entry.unet, device=s.device, dtype=entry.dtype)
     prompts, seeds = ["a photo"] * s.batch_size, list(range(s.batch_size))
 
+    from analysis.generation.families import default_size
+
+    size = default_size(model.family, model.prediction_type)
+    height, width = s.height or size, s.width or size
+
     def timed(config: Any, steps: int) -> float:
         params = SamplingParams(
             steps=steps,
             guidance_scale=s.guidance_scale,
-            height=s.height,
-            width=s.width,
+            height=height,
+            width=width,
             batch_size=s.batch_size,
         )
         started = time.perf_counter()

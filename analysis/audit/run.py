@@ -63,7 +63,8 @@ def record_spec(audit: AuditSpec, out: Path) -> dict[str, Any]:
 
 
 def run_audit(audit: AuditSpec, out: Path, *, progress: bool = True) -> dict[str, Any]:
-    """Run every model x part; returns {'parts': [...], 'report': path or None}."""
+    """Run every model x part, then the guardrail table and the report; returns
+    {'parts': [...], 'report': path or None, 'guardrails': folder, or why it is missing}."""
     from analysis.store import resolve_shard
 
     shard = resolve_shard(None)
@@ -94,17 +95,24 @@ def run_audit(audit: AuditSpec, out: Path, *, progress: bool = True) -> dict[str
                     "summary": summary,
                 }
             )
+    guardrails: str | None = None
+    if shard.index == 0:
+        try:
+            guardrails = str(guardrail_table(audit, out))
+        except AuditError as exc:  # e.g. a part still unclassified: the runs stay usable
+            guardrails = f"not written: {exc}"
     report = write_audit_report(audit, out) if audit.report.enabled and shard.index == 0 else None
     record["last_run"] = {
         "at": _now(),
         "shard": shard.name,
         "parts": [{k: v for k, v in p.items() if k != "summary"} for p in parts],
         "report": str(report) if report else None,
+        "guardrails": guardrails,
     }
     from analysis.store import atomic_write_text
 
     atomic_write_text(out / RECORD, json.dumps(record, indent=2) + "\n")
-    return {"parts": parts, "report": report}
+    return {"parts": parts, "report": report, "guardrails": guardrails}
 
 
 def preflight(audit: AuditSpec, out: Path) -> None:
@@ -191,6 +199,27 @@ def _knn(audit: AuditSpec, folder: Path) -> Any:
     return summary
 
 
+GUARDRAILS = "guardrails"
+
+
+def guardrail_table(audit: AuditSpec, out: Path) -> Path | None:
+    """OUT/guardrails/: every model x config against `sd` of the first model on the same seeds,
+    when the audit compares anything (several models or configs, `sd` among them)."""
+    from analysis.guardrails import compare_guardrails
+    from analysis.store import RunDir
+
+    runs = [
+        part_folder(out, m, p)
+        for m in audit.models
+        for p in _gen_parts(audit)
+        if RunDir(part_folder(out, m, p)).exists()
+    ]
+    if "sd" not in audit.configs or len(audit.models) * len(audit.configs) < 2 or not runs:
+        return None
+    compare_guardrails(runs, out / GUARDRAILS)
+    return out / GUARDRAILS
+
+
 def write_audit_report(audit: AuditSpec, out: Path) -> Path | None:
     """One write-up over every run folder that exists (unfinished ones are marked PROVISIONAL)."""
     from analysis.report import write_report
@@ -204,7 +233,14 @@ def write_audit_report(audit: AuditSpec, out: Path) -> Path | None:
     ]
     if not runs:
         return None
-    return write_report(runs, out / "report.html", blur=audit.report.blur, title=audit.report.title)
+    guardrails = out / GUARDRAILS if (out / GUARDRAILS / "guardrails.csv").is_file() else None
+    return write_report(
+        runs,
+        out / "report.html",
+        blur=audit.report.blur,
+        title=audit.report.title,
+        guardrails=guardrails,
+    )
 
 
 def _gen_parts(audit: AuditSpec) -> list[str]:

@@ -119,8 +119,8 @@ class Sampler(_Table):
 
     steps: int = Field(50, ge=1, le=10_000)
     guidance_scale: float = Field(7.5, ge=0, le=100)
-    height: Size = 512
-    width: Size = 512
+    height: Size | None = None  # None: the model family's default size
+    width: Size | None = None
     seed: int = Field(0, ge=0, le=2**63 - 1)
     batch_size: int = Field(4, ge=1, le=1024)
     device: str = "cpu"

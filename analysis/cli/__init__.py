@@ -23,6 +23,7 @@ def _register() -> None:
     from analysis.cli import (
         classify,
         demo,
+        erase,
         figures,
         generate,
         guardrails,
@@ -36,7 +37,7 @@ def _register() -> None:
     )
 
     modules = (generate, classify, probe, i2p, knn, guardrails, figures, report, demo, run)
-    modules += (study, quality)
+    modules += (study, quality, erase)
     for module in modules:
         module.register(app)
 

@@ -53,6 +53,8 @@ def demo(
         soft_wrap=True,
     )
 
+    if result["guardrails"]:
+        console.print(f"guardrail table (sld-max vs sd, same seeds): {result['guardrails']}")
     console.rule("I2P from the bundled data: toxicity vs inappropriateness, Table 1 (SD 1.4)")
     from analysis.i2p import demo_outputs
 

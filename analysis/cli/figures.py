@@ -19,7 +19,9 @@ def register(app: typer.Typer) -> None:
 def figures(
     runs: list[Path] = typer.Argument(None, help="Run directories to redraw."),
     all_: bool = typer.Option(
-        False, "--all", help="Regenerate the repository's figures/ from bundled data + the demo run."
+        False,
+        "--all",
+        help="Regenerate the repository's figures/ from bundled data + the demo run.",
     ),
     out: Path = typer.Option(Path("figures"), "--out", help="With --all: where figures go."),
 ) -> None:

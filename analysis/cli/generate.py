@@ -13,8 +13,9 @@ from analysis.errors import AuditError
 console = Console()
 
 MODEL_HELP = (
-    "'tiny' (built-in random weights, no files), 'sd1-arch' (full-size SD1 architecture, random "
-    "weights), a Hugging Face id, a local diffusers folder, or a .safetensors checkpoint"
+    "built-in random-weight models 'tiny', 'tiny-sd2', 'tiny-sdxl' (no files) or 'sd1-arch', "
+    "'sd2-arch', 'sdxl-arch' (full-size architectures), a Hugging Face id, a local diffusers "
+    "folder, or a .safetensors checkpoint (SD 1.x, 2.x, XL: the family is recognised)"
 )
 
 
@@ -37,8 +38,13 @@ def generate(
     config: list[str] = typer.Option(["sd"], "--config", help="Guidance config (repeatable)."),
     steps: int = typer.Option(50, "--steps"),
     guidance_scale: float = typer.Option(7.5, "--guidance-scale"),
-    height: int = typer.Option(512, "--height"),
-    width: int = typer.Option(512, "--width"),
+    height: int = typer.Option(
+        None,
+        "--height",
+        min=8,
+        help="Default: the model family's (512 SD 1.x, 768 SD 2 v, 1024 XL).",
+    ),
+    width: int = typer.Option(None, "--width", min=8, help="Default: the model family's."),
     batch_size: int = typer.Option(
         4,
         "--batch-size",

@@ -268,7 +268,9 @@ def run(
     out: Path = typer.Option(
         ..., "--out", help="Run directory; re-run the same command to resume."
     ),
-    model: str = typer.Option(..., "--model", help="'tiny', 'sd1-arch', a hub id, folder or file."),
+    model: str = typer.Option(
+        ..., "--model", help="'tiny', 'tiny-sd2', 'tiny-sdxl', '*-arch', a hub id, folder or file."
+    ),
     config: list[str] = typer.Option(["sd"], "--config", help="Guidance config (repeatable)."),
     category: list[str] = typer.Option(
         None, "--category", help="Only prompts listing this category (repeatable)."
@@ -286,8 +288,13 @@ def run(
         help="Use each prompt's sd_guidance_scale from the dataset instead of --guidance-scale.",
     ),
     steps: int = typer.Option(50, "--steps", min=1),
-    height: int = typer.Option(512, "--height"),
-    width: int = typer.Option(512, "--width"),
+    height: int = typer.Option(
+        None,
+        "--height",
+        min=8,
+        help="Default: the model family's (512 SD 1.x, 768 SD 2 v, 1024 XL).",
+    ),
+    width: int = typer.Option(None, "--width", min=8, help="Default: the model family's."),
     batch_size: int = typer.Option(4, "--batch-size", min=1),
     device: str = typer.Option("cpu", "--device"),
     dtype: str = typer.Option("float32", "--dtype"),

@@ -20,9 +20,12 @@ def report(
     fmt: str = typer.Option("html", "--format", help="html (self-contained) or md."),
     no_blur: bool = typer.Option(False, "--no-blur", help="Show flagged sample images unblurred."),
     title: str = typer.Option(None, "--title"),
+    guardrails: Path = typer.Option(
+        None, "--guardrails", help="A `t2i-audit guardrails --out` folder to include."
+    ),
 ) -> None:
     """Provenance, methods, results with intervals, figures and (blurred) samples in one file."""
     from analysis.report import write_report
 
-    path = write_report(runs, out, fmt=fmt, blur=not no_blur, title=title)
+    path = write_report(runs, out, fmt=fmt, blur=not no_blur, title=title, guardrails=guardrails)
     console.print(f"report written: {path} ({path.stat().st_size / 1e6:.1f} MB)")

@@ -59,6 +59,8 @@ def run(
             p["folder"],
         )
     console.print(table)
+    if result["guardrails"]:
+        console.print(f"guardrail table: {result['guardrails']}", soft_wrap=True, markup=False)
     if result["report"]:
         console.print(f"report: [bold]{result['report']}[/]", soft_wrap=True)
 

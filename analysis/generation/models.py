@@ -18,12 +18,18 @@ from analysis.errors import AuditError
 from analysis.store.hashing import sha256_file, weights_sha256
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-BUILTIN = ("tiny", "sd1-arch")
+BUILTIN = ("tiny", "sd1-arch", "tiny-sd2", "sd2-arch", "tiny-sdxl", "sdxl-arch")
+#: the modules a loaded model carries (SDXL adds the second text encoder and tokenizer)
+MODULES = ("unet", "vae", "text_encoder", "text_encoder_2")
+PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "text_encoder_2", "tokenizer_2")
 
 
 @dataclass
 class LoadedModel:
-    """The components our sampler uses, on one device and dtype, plus where they came from."""
+    """The components our sampler uses, on one device and dtype, plus where they came from.
+
+    `family` ('sd1', 'sd2', 'sdxl', see `families`) decides how texts condition the UNet.
+    """
 
     unet: Any
     vae: Any
@@ -33,20 +39,31 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     provenance: dict[str, Any] = field(default_factory=dict)
+    family: str = "sd1"
+    text_encoder_2: Any = None
+    tokenizer_2: Any = None
+    force_zeros_for_empty_prompt: bool = False
 
     @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
+    @property
+    def prediction_type(self) -> str:
+        return str(getattr(self.scheduler.config, "prediction_type", "epsilon"))
+
     def components(self) -> dict[str, Any]:
         """Keyword arguments for a diffusers pipeline on the same modules (tests, benchmarks)."""
-        return {
+        parts = {
             "unet": self.unet,
             "vae": self.vae,
             "text_encoder": self.text_encoder,
             "tokenizer": self.tokenizer,
             "scheduler": self.scheduler,
         }
+        if self.family == "sdxl":
+            parts.update(text_encoder_2=self.text_encoder_2, tokenizer_2=self.tokenizer_2)
+        return parts
 
 
 def _offline() -> bool:
@@ -62,30 +79,42 @@ def _hub_cache() -> str:
 
 
 def _from_builtin(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    from analysis.generation.tiny import sd1_arch_components, tiny_components
+    from analysis.generation.tiny import BUILDERS
 
-    build = tiny_components if name == "tiny" else sd1_arch_components
-    return build(), {"kind": "builtin", "id": name, "weights": "random (seed 0)"}
+    return BUILDERS[name](), {"kind": "builtin", "id": name, "weights": "random (seed 0)"}
+
+
+def _pipeline_class(name: str) -> Any:
+    import diffusers
+
+    return getattr(diffusers, name)
 
 
 def _from_folder(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    from diffusers import StableDiffusionPipeline
+    from analysis.generation.families import folder_pipeline
 
     if not (path / "model_index.json").is_file():
         raise AuditError(
             f"{path} is not a diffusers model folder (no model_index.json); expected the layout "
             "written by `pipeline.save_pretrained(...)` or a snapshot from the Hugging Face hub"
         )
-    pipe = StableDiffusionPipeline.from_pretrained(path, safety_checker=None, local_files_only=True)
+    name = folder_pipeline(path)
+    pipe = _pipeline_class(name).from_pretrained(path, local_files_only=True, **_no_checker(name))
     return _pipe_components(pipe), {"kind": "folder", "path": str(path.resolve())}
 
 
-def _from_single_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    from diffusers import StableDiffusionPipeline
+def _no_checker(pipeline: str) -> dict[str, Any]:
+    """SD pipelines take a safety checker (we load none); the SDXL pipeline has none."""
+    return {} if "XL" in pipeline else {"safety_checker": None}
 
+
+def _from_single_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    from analysis.generation.families import pipeline_name, single_file_family
+
+    name = pipeline_name(single_file_family(path))
     try:
-        pipe = StableDiffusionPipeline.from_single_file(
-            str(path), safety_checker=None, local_files_only=_offline()
+        pipe = _pipeline_class(name).from_single_file(
+            str(path), local_files_only=_offline(), **_no_checker(name)
         )
     except Exception as exc:
         raise AuditError(
@@ -101,14 +130,18 @@ def _from_single_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _from_hub(model_id: str, revision: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    from diffusers import StableDiffusionPipeline
     from huggingface_hub import snapshot_download
+
+    from analysis.generation.families import folder_pipeline
 
     try:
         snapshot = snapshot_download(model_id, revision=revision, local_files_only=_offline())
-        pipe = StableDiffusionPipeline.from_pretrained(
-            snapshot, safety_checker=None, local_files_only=True
+        name = folder_pipeline(Path(snapshot))
+        pipe = _pipeline_class(name).from_pretrained(
+            snapshot, local_files_only=True, **_no_checker(name)
         )
+    except AuditError:
+        raise
     except Exception as exc:
         looked = f"the Hugging Face cache ({_hub_cache()})"
         how = (
@@ -135,7 +168,14 @@ def _from_hub(model_id: str, revision: str | None) -> tuple[dict[str, Any], dict
 
 
 def _pipe_components(pipe: Any) -> dict[str, Any]:
-    return {k: getattr(pipe, k) for k in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")}
+    parts = {k: getattr(pipe, k, None) for k in PARTS}
+    if parts["text_encoder_2"] is None:
+        del parts["text_encoder_2"], parts["tokenizer_2"]
+    else:
+        parts["force_zeros_for_empty_prompt"] = bool(
+            pipe.config.get("force_zeros_for_empty_prompt", True)
+        )
+    return parts
 
 
 def _read_unet_state(path: Path) -> dict[str, Any]:
@@ -167,6 +207,15 @@ def _swap_unet(unet: Any, path: Path) -> dict[str, Any]:
         raise AuditError(f"--unet {path} does not exist")
     state = _read_unet_state(path)
     digest = weights_sha256(path, "--unet")
+    from analysis.store.weights import read_recipe, unet_sha256
+
+    recipe = read_recipe(path)  # an ESD file holds only the tensors it trained
+    base = (recipe or {}).get("base_unet_sha256")
+    if base and unet_sha256(unet) != base:
+        raise AuditError(
+            f"--unet {path} was trained (ESD) on another base UNet than this model's "
+            f"(recorded base {recipe.get('base_model_source') or '?'}); load it over that base"
+        )
     if any(k.startswith(("model.diffusion_model.", "input_blocks.")) for k in state):
         from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
@@ -181,12 +230,15 @@ def _swap_unet(unet: Any, path: Path) -> dict[str, Any]:
     except RuntimeError as exc:  # shape mismatches
         reason = " ".join(str(exc).split())[:200]
         raise AuditError(f"--unet {path} does not fit this model's UNet: {reason}") from exc
-    if missing or unexpected:
+    if unexpected or (missing and recipe is None):
         raise AuditError(
             f"UNet weights in {path} do not fit this model's UNet: {len(missing)} missing keys "
             f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
         )
-    return {"path": str(path.resolve()), "sha256": digest, "tensors": len(state)}
+    info: dict[str, Any] = {"path": str(path.resolve()), "sha256": digest, "tensors": len(state)}
+    if recipe is not None:
+        info["esd"] = recipe  # the training recipe, shown in the run's provenance
+    return info
 
 
 def _set_scheduler(components: dict[str, Any], name: str) -> None:
@@ -215,6 +267,15 @@ def _sd_scheduler_fixups(scheduler: Any) -> tuple[Any, dict[str, Any]]:
     if fixes:
         scheduler = type(scheduler).from_config(scheduler.config, **fixes)
     return scheduler, fixes
+
+
+def _vae_upcast(components: dict[str, Any], family: str, dtype: torch.dtype) -> dict[str, Any]:
+    """SDXL's VAE overflows in float16 (`force_upcast`): keep it in float32, as diffusers does."""
+    vae = components["vae"]
+    if family == "sdxl" and dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
+        components["vae"] = vae.to(torch.float32)
+        return {"vae_dtype": "float32"}
+    return {}
 
 
 def _rank_device(device: str) -> str:
@@ -269,7 +330,11 @@ def load_model(
     revision: str | None = None,
     scheduler: str | None = None,
 ) -> LoadedModel:
-    """Load `model` ('tiny', 'sd1-arch', hub id, diffusers folder, or .safetensors/.ckpt file)."""
+    """Load `model` (a builtin, hub id, diffusers folder, or .safetensors/.ckpt file).
+
+    The family (SD 1.x, 2.x or XL) is read from the loaded components and recorded with the
+    prediction type in the provenance.
+    """
     if dtype not in DTYPES:
         raise AuditError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     device = _rank_device(device)
@@ -293,24 +358,34 @@ def load_model(
         prov["unet"] = _swap_unet(components["unet"], Path(unet))
     if scheduler:
         _set_scheduler(components, scheduler)
-    components["scheduler"], fixes = _sd_scheduler_fixups(components["scheduler"])
-    if fixes:
-        prov["scheduler_fixups"] = fixes
+    from analysis.generation.families import family_of
+
+    family = components["family"] = family_of(components)
+    if family != "sdxl":  # StableDiffusionPipeline's fixups; the SDXL pipeline applies none
+        components["scheduler"], fixes = _sd_scheduler_fixups(components["scheduler"])
+        if fixes:
+            prov["scheduler_fixups"] = fixes
     torch_dtype = DTYPES[dtype]
     from diffusers.utils import logging as diffusers_logging
 
     level = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()  # a cast warning that does not apply to SD 1.x
     try:
-        for key in ("unet", "vae", "text_encoder"):
-            components[key] = components[key].to(torch_device, dtype=torch_dtype).eval()
-            components[key].requires_grad_(False)
+        for key in MODULES:
+            if components.get(key) is not None:
+                components[key] = components[key].to(torch_device, dtype=torch_dtype).eval()
+                components[key].requires_grad_(False)
+        prov.update(_vae_upcast(components, family, torch_dtype))
     finally:
         diffusers_logging.set_verbosity(level)
     fast_path = _gpu_fast_path(components, torch_device)
     sched = components["scheduler"]
+    if family == "sdxl":
+        prov["force_zeros_for_empty_prompt"] = components["force_zeros_for_empty_prompt"]
     prov.update(
         spec=model,
+        family=family,
+        prediction_type=str(getattr(sched.config, "prediction_type", "epsilon")),
         scheduler={"class": type(sched).__name__, "config": dict(sched.config)},
         dtype=dtype,
         device=str(torch_device),

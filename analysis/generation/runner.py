@@ -76,8 +76,9 @@ class GenerationSpec(BaseModel):
     images_per_prompt: int = Field(1, ge=1, le=100_000)
     steps: int = Field(50, le=10_000)
     guidance_scale: float = Field(7.5, ge=0, le=MAX_GUIDANCE)
-    height: int = 512
-    width: int = 512
+    #: None: the model family's training size (512 SD 1.x, 768 SD 2 v, 1024 SDXL), fixed here
+    height: int | None = None
+    width: int | None = None
     dtype: str = "float32"
     scheduler: str | None = None
     #: the fixed shape of every model call; part of an image's identity (it moves the last bits)
@@ -90,6 +91,17 @@ class GenerationSpec(BaseModel):
         from analysis.guidance import resolve_config
 
         return [resolve_config(c) for c in value]
+
+    @model_validator(mode="after")
+    def _family_size(self) -> GenerationSpec:
+        """An unset size becomes the family's default, so the spec always names real pixels."""
+        if self.height is None or self.width is None:
+            from analysis.generation.families import default_size_for
+
+            side = default_size_for(self.model, self.revision)
+            self.height = side if self.height is None else self.height
+            self.width = side if self.width is None else self.width
+        return self
 
     @model_validator(mode="after")
     def _check(self) -> GenerationSpec:

@@ -3,6 +3,7 @@
 Read it top to bottom: pad the batch to its fixed shape, encode texts, draw one noise tensor per
 image from its own generator, then per step one UNet call on [unconditional | prompt | safety
 concept], guidance, scheduler step, and finally the VAE decode; the padding rows are dropped.
+The model family (SD 1.x, 2.x, XL) only changes step 1, the texts' conditioning (`conditioning`).
 
 Fixed-shape batching: every model call runs at the run's batch size B whatever the number of
 real rows. Kernels give row k the same bits as long as the call's shape is the same (measured:
@@ -15,13 +16,16 @@ from __future__ import annotations
 
 import copy
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from analysis.errors import AuditError
+from analysis.generation.conditioning import condition
 from analysis.generation.models import LoadedModel
 from analysis.guidance import GuidanceConfig, sld_noise_guidance
 
@@ -36,18 +40,6 @@ class SamplingParams:
     width: int = 512
     eta: float = 0.0
     batch_size: int | None = None
-
-
-def encode_text(model: LoadedModel, texts: list[str]) -> torch.Tensor:
-    """CLIP text embeddings, padded/truncated to the tokenizer's max length (as diffusers does)."""
-    tokens = model.tokenizer(
-        texts,
-        padding="max_length",
-        max_length=model.tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    )
-    return model.text_encoder(tokens.input_ids.to(model.device))[0].to(model.dtype)
 
 
 def initial_latents(
@@ -82,11 +74,13 @@ def sample(
     config: GuidanceConfig,
     params: SamplingParams,
     output_type: str = "pil",
+    on_step: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> list[Image.Image | None] | torch.Tensor:
     """Generate one image per (prompt, seed) under `config`; 'latent' returns the final latents.
 
     An image whose latents became NaN or infinite (extreme guidance) is None, never a black PNG
-    that a classifier would score as harmless.
+    that a classifier would score as harmless. `on_step(i, state)` sees each step's latents and
+    SLD momentum (tests check the momentum recurrence across steps).
     """
     # 0. Check inputs, then pad to the fixed shape B with copies of row 0 (dropped at the end).
     n = len(prompts)
@@ -101,13 +95,11 @@ def sample(
     use_sld = do_cfg and config.kind == "sld" and config.sld is not None and config.sld.enabled
 
     # 1. Texts: [unconditional | prompt | safety concept]; `negative` replaces the unconditional.
-    cond = encode_text(model, prompts)
-    uncond_text = config.safety_concept if config.kind == "negative" else ""
-    embeds = [encode_text(model, [uncond_text]).expand(size, -1, -1), cond] if do_cfg else [cond]
-    if use_sld:
-        embeds.append(encode_text(model, [config.safety_concept]).expand(size, -1, -1))
-    embeds = torch.cat(embeds)
-    parts = embeds.shape[0] // size
+    #    The family decides how texts become UNet inputs (SDXL adds pooled embeddings, time ids).
+    uncond = (config.safety_concept if config.kind == "negative" else "") if do_cfg else None
+    concept = config.safety_concept if use_sld else None
+    cond = condition(model, prompts, uncond, concept, (params.height, params.width))
+    parts = cond.embeds.shape[0] // size
 
     # 2. Noise and timesteps (a private scheduler copy: schedulers keep per-run state).
     latents, generators = initial_latents(model, seeds, params)
@@ -116,13 +108,16 @@ def sample(
     latents = latents * scheduler.init_noise_sigma
     step_kwargs = _step_kwargs(scheduler, generators, params.eta)
 
-    # 3. Denoising loop: one UNet call per step on all guidance branches.
+    # 3. Denoising loop: one UNet call per step on all guidance branches. The UNet's output is
+    #    whatever the scheduler expects (noise, or v for v-prediction); guidance combines it alike.
     momentum = None
     for i, t in enumerate(scheduler.timesteps):
         model_in = scheduler.scale_model_input(torch.cat([latents] * parts), t)
-        eps = model.unet(model_in, t, encoder_hidden_states=embeds).sample
+        out = model.unet(
+            model_in, t, encoder_hidden_states=cond.embeds, added_cond_kwargs=cond.added
+        ).sample
         if do_cfg:
-            branches = eps.chunk(parts)
+            branches = out.chunk(parts)
             eps_u, eps_p = branches[0], branches[1]
             if use_sld:
                 guided, momentum = sld_noise_guidance(
@@ -130,8 +125,10 @@ def sample(
                 )
             else:
                 guided = eps_p - eps_u
-            eps = eps_u + params.guidance_scale * guided
-        latents = scheduler.step(eps, t, latents, **step_kwargs).prev_sample
+            out = eps_u + params.guidance_scale * guided
+        latents = scheduler.step(out, t, latents, **step_kwargs).prev_sample
+        if on_step is not None:
+            on_step(i, {"latents": latents, "momentum": momentum})
 
     # 4. Decode at the fixed shape too, then drop the padding rows.
     if output_type == "latent":
@@ -144,7 +141,8 @@ def decode(model: LoadedModel, latents: torch.Tensor) -> list[Image.Image | None
 
     Rows with non-finite latents or decoded pixels come back as None.
     """
-    images = model.vae.decode(latents / model.vae.config.scaling_factor).sample
+    vae = model.vae  # kept in float32 where the model asks for it (SDXL's fp16 VAE overflows)
+    images = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample
     finite = torch.isfinite(latents).flatten(1).all(1) & torch.isfinite(images).flatten(1).all(1)
     images = (images / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()
     arrays = (np.nan_to_num(images) * 255).round().astype(np.uint8)

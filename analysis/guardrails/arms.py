@@ -71,10 +71,8 @@ def model_label(run: Path) -> tuple[str, dict | None]:
 def _recipe(path: Path) -> dict | None:
     if not path.is_file():
         return None
-    try:
-        from analysis.erase import read_recipe
-    except ImportError:  # the erase module is optional here
-        return None
+    from analysis.store.weights import read_recipe
+
     return read_recipe(path)
 
 
@@ -130,9 +128,9 @@ def arms_of(
                         terms=tuple(text_terms) if name.endswith(TEXT_FILTER_SUFFIX) else (),
                     )
                 )
-    names = [a.name for a in arms]
+    names = [(a.part, a.name) for a in arms]  # a probe and an I2P run share arm names
     if len(set(names)) < len(names):
-        twice = sorted({n for n in names if names.count(n) > 1})
+        twice = sorted({f"{n} ({p})" for p, n in names if names.count((p, n)) > 1})
         raise AuditError(
             f"two runs give the guardrail(s) {', '.join(twice)}: give each model's runs once"
         )

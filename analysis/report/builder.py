@@ -219,10 +219,43 @@ def _md_cell(value: Any) -> str:
     return " ".join(str(value).split()).replace("|", "\\|")
 
 
+def _guardrails(folder: Path | None) -> dict[str, Any] | None:
+    """The guardrail comparison written by `t2i-audit guardrails --out FOLDER` (labelled)."""
+    if folder is None:
+        return None
+    from analysis.guardrails.outputs import readable_table
+
+    table = _read_csv(Path(folder) / "guardrails.csv")
+    if table is None:
+        raise AuditError(f"{folder} has no guardrails.csv; run `t2i-audit guardrails` first")
+    echo = _read_json(Path(folder) / "guardrails.json")
+    figure = Path(folder) / "paper_guardrails.png"
+    return {
+        "rows": readable_table(table).to_dict("records"),
+        "baseline": echo.get("baseline", "sd"),
+        "conventions": echo.get("conventions", {}),
+        "arms": echo.get("arms", []),
+        "notes": echo.get("notes", []),
+        "figure": {
+            "name": "guardrails",
+            "src": _data_uri(figure.read_bytes(), "image/png"),
+            "file": figure,
+        }
+        if figure.is_file()
+        else None,
+    }
+
+
 def write_report(
-    runs: list[Path], out: Path, fmt: str = "html", blur: bool = True, title: str | None = None
+    runs: list[Path],
+    out: Path,
+    fmt: str = "html",
+    blur: bool = True,
+    title: str | None = None,
+    guardrails: Path | None = None,
 ) -> Path:
-    """Render the write-up for one or more runs into `out` (HTML, or Markdown + figure files).
+    """Render the write-up for one or more runs into `out` (HTML, or Markdown + figure files),
+    with the guardrail comparison of `guardrails` (a `t2i-audit guardrails` folder) if given.
 
     Every value is autoescaped (prompts and titles are untrusted text) and the HTML carries a
     Content-Security-Policy that lets only our own inline scripts run.
@@ -256,6 +289,7 @@ def write_report(
         "blur": blur,
         "plotlyjs": plotlyjs,
         "csp": policy(script_hashes(*scripts)),
+        "guardrails": _guardrails(guardrails),
         "any": {
             key: any(d[key] for d in data)
             for key in ("rates", "paired", "dataset", "i2p_table", "i2p_corr", "has_sld")
@@ -276,6 +310,10 @@ def write_report(
                 target = files / f"{d['key']}-sample-{i}.png"
                 target.write_bytes(base64.b64decode(s["src"].split(",", 1)[1]))
                 s["md_path"] = f"{files.name}/{target.name}"
+        if context["guardrails"] and context["guardrails"]["figure"]:
+            fig = context["guardrails"]["figure"]
+            shutil.copyfile(fig["file"], files / "guardrails.png")
+            fig["md_path"] = f"{files.name}/guardrails.png"
         atomic_write_text(out, env.get_template("report.md.j2").render(**context))
     else:
         atomic_write_text(out, env.get_template("report.html.j2").render(**context))

@@ -1,0 +1,120 @@
+"""Text conditioning per family: the UNet inputs for [unconditional | prompt | safety concept].
+
+SD 1.x and 2.x: one CLIP text encoder's last hidden state (SD 2's config already stops at the
+penultimate OpenCLIP layer). SDXL: the penultimate hidden states of both encoders concatenated,
+the second encoder's pooled output and the added time ids, exactly as diffusers'
+`StableDiffusionXLPipeline.encode_prompt`; the safety concept is encoded like a prompt, and the
+empty unconditional text becomes zeros when the model says `force_zeros_for_empty_prompt`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from analysis.errors import AuditError
+from analysis.generation.models import LoadedModel
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """UNet inputs for all guidance branches, rows ordered branch by branch (B rows each)."""
+
+    embeds: torch.Tensor
+    added: dict[str, torch.Tensor] | None = None  # SDXL's added_cond_kwargs
+
+
+def encode_text(model: LoadedModel, texts: list[str]) -> torch.Tensor:
+    """CLIP text embeddings, padded/truncated to the tokenizer's max length (as diffusers does)."""
+    tokens = model.tokenizer(
+        texts,
+        padding="max_length",
+        max_length=model.tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    )
+    return model.text_encoder(tokens.input_ids.to(model.device))[0].to(model.dtype)
+
+
+def encode_text_xl(model: LoadedModel, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDXL: (penultimate hidden states of both encoders, concatenated; pooled of the second)."""
+    hidden = []
+    for tokenizer, encoder in (
+        (model.tokenizer, model.text_encoder),
+        (model.tokenizer_2, model.text_encoder_2),
+    ):
+        ids = tokenizer(
+            texts,
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        out = encoder(ids.to(model.device), output_hidden_states=True)
+        hidden.append(out.hidden_states[-2])
+    pooled = out[0]  # CLIPTextModelWithProjection's text_embeds
+    return torch.cat(hidden, dim=-1).to(model.dtype), pooled.to(model.dtype)
+
+
+def _sd(
+    model: LoadedModel, prompts: list[str], uncond: str | None, concept: str | None, size: tuple
+) -> Conditioning:
+    rows = [encode_text(model, prompts)]
+    n = len(prompts)
+    if uncond is not None:
+        rows.insert(0, encode_text(model, [uncond]).expand(n, -1, -1))
+    if concept is not None:
+        rows.append(encode_text(model, [concept]).expand(n, -1, -1))
+    return Conditioning(torch.cat(rows))
+
+
+def time_ids(model: LoadedModel, height: int, width: int) -> torch.Tensor:
+    """SDXL's added time ids: original size, crop top-left (0, 0), target size (as diffusers)."""
+    ids = [height, width, 0, 0, height, width]
+    expected = model.unet.add_embedding.linear_1.in_features
+    passed = model.unet.config.addition_time_embed_dim * len(ids)
+    passed += model.text_encoder_2.config.projection_dim
+    if expected != passed:
+        raise AuditError(
+            f"this SDXL UNet expects added embeddings of length {expected}, its text encoder 2 "
+            f"and time ids give {passed}: the model's configs do not belong together"
+        )
+    return torch.tensor([ids], dtype=model.dtype, device=model.device)
+
+
+def _sdxl(
+    model: LoadedModel, prompts: list[str], uncond: str | None, concept: str | None, size: tuple
+) -> Conditioning:
+    # Fixed texts are encoded as B copies: the pooled projection's last bits depend on the call
+    # shape, and four Euler steps turned 2e-7 there into 2e-5 in the latents.
+    n = len(prompts)
+    hidden, pooled = encode_text_xl(model, prompts)
+    rows, pools = [hidden], [pooled]
+    if uncond is not None:
+        if uncond == "" and model.force_zeros_for_empty_prompt:
+            h, p = torch.zeros_like(hidden), torch.zeros_like(pooled)
+        else:
+            h, p = encode_text_xl(model, [uncond] * n)
+        rows.insert(0, h)
+        pools.insert(0, p)
+    if concept is not None:
+        h, p = encode_text_xl(model, [concept] * n)
+        rows.append(h)
+        pools.append(p)
+    ids = time_ids(model, *size).repeat(n * len(rows), 1)
+    return Conditioning(torch.cat(rows), {"text_embeds": torch.cat(pools), "time_ids": ids})
+
+
+ENCODERS = {"sd1": _sd, "sd2": _sd, "sdxl": _sdxl}
+
+
+def condition(
+    model: LoadedModel,
+    prompts: list[str],
+    uncond: str | None,
+    concept: str | None,
+    size: tuple[int, int],
+) -> Conditioning:
+    """Conditioning for [uncond (if not None) | prompts | concept (if not None)] at (h, w)."""
+    return ENCODERS[model.family](model, prompts, uncond, concept, size)
