@@ -289,3 +289,27 @@ def test_text_filter_arm_withholds_every_image_of_a_blocked_prompt(two_models, m
     assert row["probe_rate"] == pytest.approx((nude & ~blocked).mean())
     assert row["residual_rate"] == pytest.approx(nude[~blocked].mean())
     assert arms[1].family == "text filter" and arms[1].terms == ("japanese",)
+
+
+def test_probe_cli_runs_a_swapped_unet_side_by_side(two_models, tmp_path, capsys) -> None:
+    from analysis.cli import main
+
+    weights = two_models[0].parent / "esd-nudity.safetensors"
+    out = tmp_path / "probe"
+    args = ["probe", "ethnic-bias", "--out", str(out), "--model", "tiny", "--countries", "JPN"]
+    args += ["--images-per-country", "2", "--steps", "2", "--height", "32", "--width", "32"]
+    args += ["--config", "sd", "--config", "sld-max", "--unet-config", f"esd={weights}"]
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    assert done.value.code == 0, capsys.readouterr().err
+    table = pd.read_csv(out / "guardrails" / "guardrails.csv").set_index("guardrail")
+    assert list(table.index) == ["sd", "sld-max", "esd:sd"]
+    assert table.loc["esd:sd", "family"] == "erasure / other weights"
+    assert table.loc["esd:sd", "probe_n_pairs"] == 2  # JPN x 2 seeds, paired with OUT's sd
+    spec = json.loads((out / "models" / "esd" / "manifest.json").read_text())["spec"]
+    assert spec["unet"] == str(weights) and [c["name"] for c in spec["configs"]] == ["sd"]
+    assert "Guardrail" in capsys.readouterr().out
+    # a bad --unet-config is refused before anything is generated
+    with pytest.raises(SystemExit) as bad:
+        main([*args[:3], str(tmp_path / "other"), *args[4:-1], "esd=/nonexistent.safetensors"])
+    assert bad.value.code == 2 and not (tmp_path / "other").exists()

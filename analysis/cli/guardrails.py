@@ -41,10 +41,7 @@ def guardrails(
 ) -> None:
     """Guardrail table: nudity rate, I2P share, block rate and the paired change vs SD (with
     intervals), next to FID, CLIP distance and user preference when given."""
-    from rich.table import Table
-
     from analysis.guardrails import compare_guardrails
-    from analysis.guardrails.outputs import readable_table
     from analysis.i2p.text_filter import read_terms
 
     terms = tuple(read_terms(text_filter)) if text_filter is not None else ()
@@ -59,8 +56,17 @@ def guardrails(
         i2p_rule=i2p_rule,
         text_terms=terms,
     )
+    print_guardrails(result, out)
+
+
+def print_guardrails(result: dict, folder: Path) -> None:
+    """The readable guardrail table on the console, and where its files are."""
+    from rich.table import Table
+
+    from analysis.guardrails.outputs import readable_table
+
     readable = readable_table(result["table"])
-    view = Table(title=f"guardrails vs {baseline} (same seeds) → {out}", title_justify="left")
+    view = Table(title=f"guardrails vs sd (same seeds) → {folder}", title_justify="left")
     for col in readable.columns:
         view.add_column(col)
     for row in readable.itertuples(index=False):

@@ -307,38 +307,95 @@ def run(
     threshold: float = typer.Option(None, "--threshold", help=THRESHOLD_HELP),
     shard: str = typer.Option(None, "--shard", help="i/N; default from RANK/WORLD_SIZE or SLURM."),
     protocol: str = typer.Option("i2p-authors", "--protocol", help=PROTOCOL_HELP),
+    unet_config: list[str] = typer.Option(
+        None,
+        "--unet-config",
+        help="NAME=FILE: the same run with these UNet weights in OUT/models/NAME, compared with "
+        "sd on the same seeds. Repeatable.",
+    ),
+    safety_checker_model: str = typer.Option(
+        None, "--safety-checker-model", help="For `--config sd+filter`: the checker's weights."
+    ),
 ) -> None:
-    """Generate I2P prompts (seeds from sd_seed), classify with Q16 + NudeNet, write Table 1."""
-    from analysis.i2p.benchmark import build_i2p_spec, run_benchmark
+    """Generate I2P prompts (seeds from sd_seed), classify with Q16 + NudeNet, write Table 1.
+
+    `--config sd+filter` and `--unet-config NAME=FILE` add guardrails side by side, compared
+    with sd on the same seeds in OUT/guardrails/.
+    """
+    from analysis.guardrails.side_by_side import parse_unet_configs, run_side_by_side
     from analysis.i2p.loader import load_i2p
-    from analysis.i2p.table import check_protocol, wide_table
+    from analysis.i2p.table import check_protocol
     from analysis.store import resolve_shard
 
     # every option is checked before the spec is built, so nothing is generated on a typo
     check_protocol(protocol)
     _check_rule(nudenet_rule, threshold)
+    unets = parse_unet_configs(unet_config or [])
+    dataset = load_i2p(data)
+    the_shard = resolve_shard(shard)
+
+    def run_one(folder: Path, unet_file: str | None, configs: list[str]) -> dict:
+        return _run_one_i2p(
+            folder,
+            dataset,
+            configs,
+            unet_file if unet_file is not None else unet,
+            model=model,
+            images_per_prompt=images_per_prompt,
+            steps=steps,
+            guidance_scale=guidance_scale,
+            dataset_guidance=dataset_guidance,
+            height=height,
+            width=width,
+            dtype=dtype,
+            scheduler=scheduler,
+            categories=category or None,
+            hard_only=hard_only,
+            limit=limit,
+            batch_size=batch_size,
+            shard=the_shard,
+            device=device,
+            clip_model=clip_model,
+            nudenet_rule=nudenet_rule,
+            threshold=threshold,
+            protocol=protocol,
+        )
+
+    result = run_side_by_side(
+        run_one, out, config, unets, safety_checker_model=safety_checker_model, shard=the_shard
+    )
+    if result["guardrails"] is not None:
+        from analysis.cli.guardrails import print_guardrails
+
+        print_guardrails(result["guardrails"], out / "guardrails")
+
+
+def _run_one_i2p(
+    out: Path,
+    dataset: object,
+    configs: list[str],
+    unet: str | None,
+    *,
+    shard: object,
+    device: str,
+    clip_model: str | None,
+    nudenet_rule: str,
+    threshold: float | None,
+    protocol: str,
+    batch_size: int,
+    **spec_options: object,
+) -> dict:
+    """One model's I2P run (generate, classify, Table 1) and its console summary."""
+    from analysis.i2p.benchmark import build_i2p_spec, run_benchmark
+    from analysis.i2p.table import wide_table
+
     spec = build_i2p_spec(
-        load_i2p(data),
-        model=model,
-        configs=config,
-        images_per_prompt=images_per_prompt,
-        steps=steps,
-        guidance_scale=guidance_scale,
-        dataset_guidance=dataset_guidance,
-        height=height,
-        width=width,
-        dtype=dtype,
-        unet=unet,
-        scheduler=scheduler,
-        categories=category or None,
-        hard_only=hard_only,
-        limit=limit,
-        batch_size=batch_size,
+        dataset, configs=configs, unet=unet, batch_size=batch_size, **spec_options
     )
     summary = run_benchmark(
         spec,
         out,
-        shard=resolve_shard(shard),
+        shard=shard,
         batch_size=batch_size,
         device=device,
         clip_model=clip_model,
@@ -348,13 +405,14 @@ def run(
     )
     gen = summary["generation"]
     console.print(
-        f"generated {gen.get('generated', 0)} images ({gen.get('done_total', '?')} of "
+        f"{out}: generated {gen.get('generated', 0)} images ({gen.get('done_total', '?')} of "
         f"{gen.get('planned', '?')} done) for {len(spec.prompts)} prompts x {len(spec.configs)} "
-        "configs"
+        "configs",
+        soft_wrap=True,
     )
     if summary.get("table") is None:
         console.print(f"[yellow]{summary.get('note')}[/]")
-        return
+        return summary
     _show(
         wide_table(summary["table"]),
         f"I2P Table 1 (probability [95% CI]; expected max ± std; {protocol})",
@@ -365,3 +423,4 @@ def run(
         console.print(f"[yellow]{summary['note']}[/]")
     for path in summary["table_files"]:
         console.print(f"  {path}", soft_wrap=True)
+    return summary

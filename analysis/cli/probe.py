@@ -43,31 +43,62 @@ def ethnic_bias(
     dtype: str = typer.Option("float32", "--dtype"),
     unet: str = typer.Option(None, "--unet", help="Swap in UNet weights (ESD, UCE...)."),
     shard: str = typer.Option(None, "--shard", help="i/N; default from RANK/WORLD_SIZE or SLURM."),
+    unet_config: list[str] = typer.Option(
+        None,
+        "--unet-config",
+        help="NAME=FILE: the same probe with these UNet weights (ESD...) in OUT/models/NAME, "
+        "compared with sd on the same seeds. Repeatable.",
+    ),
+    safety_checker_model: str = typer.Option(
+        None,
+        "--safety-checker-model",
+        help="For `--config sd+filter`: the checker's folder or hub id (default "
+        "CompVis/stable-diffusion-safety-checker, from the local cache).",
+    ),
 ) -> None:
-    """'<country> body' for 50 countries with shared seeds, SD vs SLD, judged by NudeNet."""
+    """'<country> body' for 50 countries with shared seeds, SD vs SLD, judged by NudeNet.
+
+    Guardrails side by side: `--config sd+filter` adds SD's image safety checker (the sd images,
+    flagged ones withheld), `--unet-config esd=FILE` a model with erased weights; OUT/guardrails/
+    then compares every guardrail with sd on the same seeds.
+    """
+    from analysis.guardrails.side_by_side import parse_unet_configs, run_side_by_side
     from analysis.probes.ethnic_bias import run_probe
     from analysis.store import resolve_shard
 
-    summary = run_probe(
-        out=out,
-        model=model,
-        countries=countries.split(",") if countries else None,
-        images_per_country=images_per_country,
-        seed=seed,
-        configs=config,
-        template=template,
-        steps=steps,
-        guidance_scale=guidance_scale,
-        height=height,
-        width=width,
-        batch_size=batch_size,
-        device=device,
-        dtype=dtype,
-        unet=unet,
-        shard=resolve_shard(shard),
-        rule=rule,
+    unets = parse_unet_configs(unet_config or [])  # checked before anything is generated
+    the_shard = resolve_shard(shard)
+
+    def run_one(folder: Path, unet_file: str | None, configs: list[str]) -> dict:
+        summary = run_probe(
+            out=folder,
+            model=model,
+            countries=countries.split(",") if countries else None,
+            images_per_country=images_per_country,
+            seed=seed,
+            configs=configs,
+            template=template,
+            steps=steps,
+            guidance_scale=guidance_scale,
+            height=height,
+            width=width,
+            batch_size=batch_size,
+            device=device,
+            dtype=dtype,
+            unet=unet_file if unet_file is not None else unet,
+            shard=the_shard,
+            rule=rule,
+        )
+        print_probe_summary(folder, summary)
+        return summary
+
+    result = run_side_by_side(
+        run_one, out, config, unets, safety_checker_model=safety_checker_model, shard=the_shard
     )
-    print_probe_summary(out, summary)
+    if result["guardrails"] is not None:
+        from analysis.cli.guardrails import print_guardrails
+
+        print_guardrails(result["guardrails"], out / "guardrails")
 
 
 def print_probe_summary(out: Path, summary: dict) -> None:

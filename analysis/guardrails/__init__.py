@@ -20,6 +20,7 @@ def compare_guardrails(
     probe_rule: str | None = None,
     i2p_rule: str | None = None,
     text_terms: tuple[str, ...] = (),
+    labels: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Every config of `runs` (probe and I2P runs, one folder per model) against `baseline` on
     the same seeds, with the cost side joined; writes OUT/guardrails.* and returns the table."""
@@ -29,7 +30,7 @@ def compare_guardrails(
 
     if not runs:
         raise AuditError("give at least one probe or I2P run folder")
-    arms = arms_of([Path(r) for r in runs], text_terms=tuple(text_terms))
+    arms = arms_of([Path(r) for r in runs], text_terms=tuple(text_terms), labels=labels)
     table = guardrail_table(arms, baseline, seed, rules={"probe": probe_rule, "i2p": i2p_rule})
     table, notes = join_costs(table, list(quality), list(studies), baseline)
     files = write_guardrails(table, arms, Path(out), notes, baseline)

@@ -91,13 +91,16 @@ def _family(config: str, weights_swapped: bool) -> str:
 
 
 def arms_of(
-    runs: list[Path], part: str | None = None, text_terms: tuple[str, ...] = ()
+    runs: list[Path],
+    part: str | None = None,
+    text_terms: tuple[str, ...] = (),
+    labels: dict[str, str] | None = None,
 ) -> list[Arm]:
     """Every config of every run, `<config>+filter` where safety-checker scores exist, and
     `<config>+text-filter` when blocked terms are given.
 
     Names: the config alone for the first run's model; `<model>:<config>` for other models,
-    so an ESD run's `sd` reads `sd-v1-4+esd.safetensors:sd`.
+    so an ESD run's `sd` reads `sd-v1-4+esd.safetensors:sd` (or `esd:sd` with a label).
     """
     arms: list[Arm] = []
     base_model = None
@@ -107,6 +110,7 @@ def arms_of(
         if part is not None and kind != part:
             continue
         label, recipe = model_label(run)
+        label = (labels or {}).get(str(run), label)  # e.g. `--unet-config esd=FILE` names it
         base_model = base_model or label
         spec = RunDir(run).read_manifest().get("spec", {})
         configs = [str(c["name"]) for c in spec.get("configs", []) if "name" in c]
