@@ -59,6 +59,7 @@ def probe_spec(audit: AuditSpec, entry: ModelEntry) -> Any:
         width=s.width,
         dtype=entry.dtype,
         batch_size=s.batch_size,
+        compile=s.compile,
         extra={"probe": PROBE, "template": probe.template, "seed": s.seed},
     )
 
@@ -86,6 +87,7 @@ def i2p_spec(audit: AuditSpec, entry: ModelEntry) -> Any:
         hard_only=i2p.hard_only,
         limit=i2p.limit,
         batch_size=s.batch_size,
+        compile_unet=s.compile,
     )
 
 

@@ -148,6 +148,7 @@ def _probe(audit: AuditSpec, entry: ModelEntry, folder: Path, shard: Any, progre
         height=s.height,
         width=s.width,
         batch_size=s.batch_size,
+        compile_unet=s.compile,
         device=s.device,
         dtype=entry.dtype,
         unet=entry.unet,

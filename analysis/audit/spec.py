@@ -123,6 +123,7 @@ class Sampler(_Table):
     width: Size | None = None
     seed: int = Field(0, ge=0, le=2**63 - 1)
     batch_size: int = Field(4, ge=1, le=1024)
+    compile: bool = False  # torch.compile the UNet (checked against eager first)
     device: str = "cpu"
 
 

@@ -45,6 +45,11 @@ def generate(
         help="Default: the model family's (512 SD 1.x, 768 SD 2 v, 1024 XL).",
     ),
     width: int = typer.Option(None, "--width", min=8, help="Default: the model family's."),
+    compile_unet: bool = typer.Option(
+        False,
+        "--compile",
+        help="torch.compile the UNet (checked against eager first; part of the run's spec).",
+    ),
     batch_size: int = typer.Option(
         4,
         "--batch-size",
@@ -80,6 +85,7 @@ def generate(
         unet=unet,
         configs=[resolve_config(c, safety_concept=safety_concept) for c in config],
         batch_size=batch_size,
+        compile=compile_unet,
         prompts=prompts,
         images_per_prompt=images_per_prompt,
         steps=steps,

@@ -83,6 +83,8 @@ class GenerationSpec(BaseModel):
     scheduler: str | None = None
     #: the fixed shape of every model call; part of an image's identity (it moves the last bits)
     batch_size: int = Field(4, ge=1, le=1024)
+    #: torch.compile'd UNet (checked against eager first); fused kernels move the last bits too
+    compile: bool = False
     extra: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("configs", mode="before")
@@ -150,8 +152,9 @@ class GenerationSpec(BaseModel):
         return out
 
     def canonical(self) -> dict[str, Any]:
-        """JSON-ready dump (configs with their full parameters)."""
-        return json.loads(self.model_dump_json())
+        """JSON-ready dump (configs with their full parameters). `compile` appears only when
+        set, so specs (and hashes) of eager runs made before it existed are unchanged."""
+        return json.loads(self.model_dump_json(exclude={"compile"} if not self.compile else None))
 
     def spec_hash(self) -> str:
         return hashlib.sha256(_canonical_json(self.canonical()).encode()).hexdigest()
@@ -203,6 +206,8 @@ def item_id(spec: GenerationSpec, config: Any, prompt: PromptSpec, image_index: 
         "engine": "fixed-shape",
         "batch_size": spec.batch_size,
     }
+    if spec.compile:  # only when set, so the ids of eager runs stay what they were
+        key["compile"] = True
     return hashlib.sha256(_canonical_json(key).encode()).hexdigest()[:20]
 
 
@@ -415,12 +420,21 @@ def run_generation(
         scheduler=spec.scheduler,
     )
     _check_unet_unchanged(spec, getattr(loaded, "provenance", {}))
+    compiled = None
+    if spec.compile and not hasattr(loaded.unet, "_orig_mod"):
+        from analysis.generation.compiled import compile_unet
+        from analysis.guidance import resolve_config
+
+        first = batches[0]
+        config = resolve_config({c.name: c for c in spec.configs}[first["config"].iloc[0]])
+        compiled = compile_unet(loaded, spec, list(first["prompt"]), list(first["seed"]), config)
     if not exists:
         claim_run(spec, run, items)
     runtime = {
         "shard": shard.name,
         "device": str(getattr(loaded, "device", device)),
         "model": getattr(loaded, "provenance", {}),
+        **({"compile": compiled} if compiled else {}),
         **environment_info(),
     }
     atomic_write_text(
@@ -430,6 +444,8 @@ def run_generation(
     if "model" not in manifest:
         manifest["model"] = runtime["model"]
         manifest["device"] = runtime["device"]
+        if compiled:
+            manifest["compile"] = compiled
         run.write_manifest(manifest)
     first = (manifest.get("model") or {}).get("device_name")
     now = runtime["model"].get("device_name")

@@ -93,6 +93,7 @@ def build_i2p_spec(
     hard_only: bool = False,
     limit: int | None = None,
     batch_size: int = 4,
+    compile_unet: bool = False,
 ) -> Any:
     """The GenerationSpec of an I2P run (the selection and data provenance go into `extra`)."""
     from analysis.generation.runner import build_spec
@@ -125,6 +126,7 @@ def build_i2p_spec(
         dtype=dtype,
         scheduler=scheduler,
         batch_size=batch_size,
+        compile=compile_unet,
         extra=extra,
     )
 

@@ -63,6 +63,7 @@ def run_probe(
     height: int | None = None,
     width: int | None = None,
     batch_size: int = 4,
+    compile_unet: bool = False,
     device: str = "cpu",
     dtype: str = "float32",
     unet: str | None = None,
@@ -91,6 +92,7 @@ def run_probe(
         width=width,
         dtype=dtype,
         batch_size=batch_size,
+        compile=compile_unet,
         extra={"probe": PROBE, "template": template, "seed": seed},
     )
     out = Path(out)
