@@ -257,3 +257,56 @@ def test_merge_compacts_parts_without_losing_a_row(tmp_path: Path) -> None:
         fh.write(json.dumps({"item_id": before["item_id"].iloc[1], "status": "error"}) + "\n")
     assert retire_parts(run, "generate", covered) == 0
     assert (run.items()["status"] == "error").sum() == 2
+
+
+def test_saving_and_after_batch_overlap_the_next_batch(tmp_path, monkeypatch) -> None:
+    """PNG writing and the after_batch hook run on a saver thread while the next batch samples;
+    rows reach the hook in order, after their part rows, and the images are unchanged."""
+    import threading
+
+    from analysis.generation import runner
+
+    events: list[tuple[str, int, float]] = []
+    real = runner._sample_batch
+
+    def logged(loaded, spec, batch):
+        events.append(("sample", len(events), time.perf_counter()))
+        return real(loaded, spec, batch)
+
+    seen: list[list[str]] = []
+    threads: set[str] = set()
+
+    def after(rows):
+        threads.add(threading.current_thread().name)
+        run = RunDir(tmp_path / "r")
+        done = set(
+            pd.read_json(run.parts_dir / "generate" / "shard-00000-of-00001.jsonl", lines=True)[
+                "item_id"
+            ]
+        )
+        assert {r["item_id"] for r in rows} <= done  # part rows are written before the hook
+        time.sleep(0.3)
+        events.append(("after", len(seen), time.perf_counter()))
+        seen.append([r["item_id"] for r in rows])
+
+    monkeypatch.setattr(runner, "_sample_batch", logged)
+    spec = _spec(
+        configs=["sd"],
+        prompts=prompts_from_texts(["a", "b", "c"]),
+        images_per_prompt=2,
+        batch_size=2,
+    )
+    run_generation(spec, tmp_path / "r", progress=False, after_batch=after)
+    assert [len(b) for b in seen] == [2, 2, 2]
+    flat = [item for b in seen for item in b]
+    assert flat == list(plan_items(spec)["item_id"])  # every item once, in plan order
+    assert threads and all(name.startswith("t2i-save") for name in threads)
+    first_after = next(t for kind, i, t in events if kind == "after" and i == 0)
+    second_sample = [t for kind, _, t in events if kind == "sample"][1]
+    assert second_sample < first_after  # batch 2 sampled while batch 1 was being handled
+    monkeypatch.setattr(runner, "_sample_batch", real)
+    run_generation(spec, tmp_path / "plain", progress=False)
+    for png in (tmp_path / "plain" / "images").rglob("*.png"):
+        assert (
+            png.read_bytes() == (tmp_path / "r" / png.relative_to(tmp_path / "plain")).read_bytes()
+        )

@@ -294,7 +294,7 @@ def test_ctrl_c_says_what_was_kept_and_resume_finishes(tmp_path: Path, monkeypat
     from analysis.generation import runner
 
     calls = {"n": 0}
-    real = runner._generate_batch
+    real = runner._sample_batch
 
     def interrupted(*args, **kwargs):
         calls["n"] += 1
@@ -302,11 +302,11 @@ def test_ctrl_c_says_what_was_kept_and_resume_finishes(tmp_path: Path, monkeypat
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "_generate_batch", interrupted)
+    monkeypatch.setattr(runner, "_sample_batch", interrupted)
     spec = _spec(["sd"], prompts=("a", "b", "c", "d"), batch_size=2)
     with pytest.raises(Interrupted, match=r"2 of 4 images .* kept .* re-run the same command"):
         run_generation(spec, tmp_path / "r", progress=False)
-    monkeypatch.setattr(runner, "_generate_batch", real)
+    monkeypatch.setattr(runner, "_sample_batch", real)
     assert run_generation(spec, tmp_path / "r", progress=False)["generated"] == 2
 
 

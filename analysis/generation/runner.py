@@ -12,7 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -375,10 +376,14 @@ def run_generation(
     device: str = "cpu",
     progress: bool = True,
     model: Any = None,
+    after_batch: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> dict[str, Any]:
     """Generate every image of this shard that is not done yet. Returns a summary dict.
 
-    `model` may be an already loaded model (notebooks, tests) to skip loading.
+    `model` may be an already loaded model (notebooks, tests) to skip loading. PNG writing and
+    `after_batch(rows)` (e.g. classifying the new images) run on a saver thread while the next
+    batch samples; a batch's part rows are written only after its PNGs, so a crash loses at
+    most the batches in flight, which a re-run regenerates bit-identically.
     """
     if batch_size is not None and batch_size != spec.batch_size:
         raise AuditError(
@@ -457,13 +462,37 @@ def run_generation(
 
     writer = PartWriter(run, "generate", shard)
     started = time.perf_counter()
+
+    def save(batch: pd.DataFrame, images: list[Any], per_image: float) -> list[dict[str, Any]]:
+        """CPU side of a batch, on the saver thread: PNGs, then the part rows (the truth), then
+        the caller's `after_batch` (e.g. classification), while the next batch samples."""
+        rows = _save_batch(run, batch, images, per_image)
+        writer.append(rows)
+        if after_batch is not None:
+            after_batch(rows)
+        return rows
+
     try:
-        with _progress(progress, n_todo, f"generating {shard.name}") as advance:
-            for batch in batches:
-                rows = _generate_batch(loaded, spec, batch, run)
-                writer.append(rows)
-                summary["generated"] += len(rows)
-                advance(len(rows))
+        with (
+            _progress(progress, n_todo, f"generating {shard.name}") as advance,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="t2i-save") as saver,
+        ):
+            pending: list[Future] = []  # at most one batch waits to be saved: bounded memory
+
+            def collect() -> None:
+                """Wait for the batch being saved (a saver error stops the run here)."""
+                while pending:
+                    rows = pending.pop().result()
+                    summary["generated"] += len(rows)
+                    advance(len(rows))
+
+            try:
+                for batch in batches:
+                    images, per_image = _sample_batch(loaded, spec, batch)
+                    collect()
+                    pending.append(saver.submit(save, batch, images, per_image))
+            finally:  # also on Ctrl-C: the batch in the saver is kept and counted
+                collect()
     except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is one
         if "out of memory" not in str(exc).lower():
             raise
@@ -483,11 +512,11 @@ def run_generation(
     return summary
 
 
-def _generate_batch(
-    loaded: Any, spec: GenerationSpec, batch: pd.DataFrame, run: RunDir
-) -> list[dict[str, Any]]:
-    """Sample one fixed batch and save its images; returns the part rows of the new ones."""
-    from analysis.generation.sampler import NON_FINITE, SamplingParams, sample
+def _sample_batch(
+    loaded: Any, spec: GenerationSpec, batch: pd.DataFrame
+) -> tuple[list[Any], float]:
+    """Sample one fixed batch (the accelerator's part); returns its images and s/image."""
+    from analysis.generation.sampler import SamplingParams, sample
     from analysis.guidance import resolve_config
 
     configs = {c.name: c for c in spec.configs}
@@ -503,7 +532,15 @@ def _generate_batch(
     images = sample(
         loaded, batch["prompt"].tolist(), [int(s) for s in batch["seed"]], config, params
     )
-    per_image = (time.perf_counter() - t0) / len(batch)
+    return images, (time.perf_counter() - t0) / len(batch)
+
+
+def _save_batch(
+    run: RunDir, batch: pd.DataFrame, images: list[Any], per_image: float
+) -> list[dict[str, Any]]:
+    """Write a sampled batch's PNGs; returns the part rows (an image that failed is an error)."""
+    from analysis.generation.sampler import NON_FINITE
+
     rows = []
     for (_, row), image in zip(batch.iterrows(), images, strict=True):
         if image is not None:
