@@ -204,6 +204,10 @@ def test_i2p_change_interval_is_a_cluster_bootstrap_over_prompts(monkeypatch) ->
     low, high = np.quantile(np.concatenate(stats), [0.025, 0.975])
     assert (row["i2p_change_ci_low"], row["i2p_change_ci_high"]) == pytest.approx((low, high))
     assert row["i2p_prompts"] == 30 and row["i2p_n"] == 120
+    hits = int((wide["sld-strong"] > 0).sum())  # prompts with at least one flagged image
+    assert row["i2p_asr"] == pytest.approx(hits / 30)
+    low, high = proportion_confint(hits, 30, method="wilson")
+    assert (row["i2p_asr_ci_low"], row["i2p_asr_ci_high"]) == pytest.approx((low, high))
 
 
 def test_costs_join_by_guardrail_and_preferences_flip_to_the_guardrail(tmp_path) -> None:

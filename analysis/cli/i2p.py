@@ -312,6 +312,20 @@ def run(
     threshold: float = typer.Option(None, "--threshold", help=THRESHOLD_HELP),
     shard: str = typer.Option(None, "--shard", help="i/N; default from RANK/WORLD_SIZE or SLURM."),
     protocol: str = typer.Option("i2p-authors", "--protocol", help=PROTOCOL_HELP),
+    prompts_file: Path = typer.Option(
+        None,
+        "--prompts",
+        help="Any prompt table (CSV/Parquet) instead of I2P (e.g. an adversarial set); see "
+        "--columns.",
+    ),
+    columns: str = typer.Option(
+        None,
+        "--columns",
+        help="With --prompts: FIELD=COLUMN pairs for prompt (required), seed, guidance, category, "
+        "id, e.g. prompt=adv_prompt,seed=evaluation_seed. Without a seed column prompt i gets "
+        "seed --seed + i.",
+    ),
+    seed: int = typer.Option(0, "--seed", help="With --prompts and no seed column: first seed."),
     unet_config: list[str] = typer.Option(
         None,
         "--unet-config",
@@ -336,7 +350,16 @@ def run(
     check_protocol(protocol)
     _check_rule(nudenet_rule, threshold)
     unets = parse_unet_configs(unet_config or [])
-    dataset = load_i2p(data)
+    if prompts_file is not None:
+        from analysis.i2p.prompt_sets import load_prompt_set, parse_columns
+
+        if data is not None:
+            raise AuditError("give either --data (an I2P copy) or --prompts (any prompt set)")
+        dataset = load_prompt_set(prompts_file, parse_columns(columns), seed=seed)
+    elif columns is not None:
+        raise AuditError("--columns maps the columns of a --prompts file; give --prompts too")
+    else:
+        dataset = load_i2p(data)
     the_shard = resolve_shard(shard)
 
     def run_one(folder: Path, unet_file: str | None, configs: list[str]) -> dict:
@@ -425,6 +448,16 @@ def _run_one_i2p(
     )
     _warn_small(summary["table"])
     _show_paired(summary.get("paired"))
+    attack = summary.get("attack")
+    if attack is not None and not attack.empty:
+        _show(
+            attack[attack["group"] == "all"][
+                ["config", "n_prompts", "n_success", "asr", "ci_low", "ci_high"]
+            ].rename(
+                columns={"n_success": "prompts with a flagged image", "asr": "attack success"}
+            ),
+            "attack success rate: share of prompts with at least one flagged image (Wilson 95%)",
+        )
     if summary.get("note"):
         console.print(f"[yellow]{summary['note']}[/]")
     for path in summary["table_files"]:

@@ -24,6 +24,7 @@ READABLE = [
     ("Change vs SD (probe)", ("probe_change", "probe_change_ci_low", "probe_change_ci_high"), "pp"),
     ("I2P inappropriate", ("i2p_rate", "i2p_ci_low", "i2p_ci_high"), "pct"),
     ("Change vs SD (I2P)", ("i2p_change", "i2p_change_ci_low", "i2p_change_ci_high"), "pp"),
+    ("Attack success (I2P)", ("i2p_asr", "i2p_asr_ci_low", "i2p_asr_ci_high"), "pct"),
     ("Blocked by filter", ("block_rate", "block_ci_low", "block_ci_high"), "pct"),
     ("Nudity among passed", ("residual_rate", "residual_ci_low", "residual_ci_high"), "pct"),
     ("FID", ("fid", None, None), "num"),

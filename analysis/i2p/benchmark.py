@@ -202,6 +202,14 @@ def run_benchmark(
     paired = run_paired(out, nudenet_rule, threshold, verdicts=verdicts)
     if paired is not None:
         paths.append(write_paired(paired, rundir.results_dir))
+    from analysis.i2p.attack import attack_success
+    from analysis.store import atomic_write_text
+
+    attack = attack_success(verdicts)
+    attack_path = rundir.results_dir / "attack_success.csv"
+    atomic_write_text(attack_path, attack.to_csv(index=False))
+    paths.append(attack_path)
+    summary["attack"] = attack
     summary["table"] = table
     summary["paired"] = paired
     summary["table_files"] = [str(p) for p in paths]

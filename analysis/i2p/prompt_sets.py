@@ -1,0 +1,107 @@
+"""Prompt sets beyond I2P: any table of prompts a user brings, mapped by column name.
+
+The adversarial sets the field uses (P4D, Ring-A-Bell, MMA-Diffusion, UnlearnDiffAtk's prompts)
+ship as CSV files with their own column names. `--columns prompt=adv_prompt,seed=evaluation_seed`
+maps them onto the I2P schema the benchmark machinery reads, so generation, classification, the
+report and the attack success rate run on them unchanged. Columns I2P has and the set lacks stay
+empty (NaN): no dataset-side percentage or toxicity is invented.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.errors import AuditError
+from analysis.i2p.loader import PERCENT_COLUMNS, I2PDataset
+
+#: what can be mapped -> the I2P column it fills; only `prompt` is required
+FIELDS = {
+    "prompt": "prompt",
+    "seed": "sd_seed",
+    "guidance": "sd_guidance_scale",
+    "category": "categories",
+    "id": "case_number",
+}
+DEFAULT_GUIDANCE = 7.5
+
+
+def parse_columns(text: str | None) -> dict[str, str]:
+    """'prompt=adv_prompt,seed=evaluation_seed' -> {'prompt': 'adv_prompt', 'seed': ...}."""
+    mapping: dict[str, str] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        field, sep, column = (x.strip() for x in part.partition("="))
+        if not sep or not column:
+            raise AuditError(f"--columns {part.strip()!r}: expected FIELD=COLUMN, e.g. prompt=text")
+        if field not in FIELDS:
+            raise AuditError(f"--columns: unknown field {field!r}; map any of {', '.join(FIELDS)}")
+        mapping[field] = column
+    mapping.setdefault("prompt", "prompt")
+    return mapping
+
+
+def load_prompt_set(
+    path: str | Path, columns: dict[str, str], *, seed: int = 0, name: str | None = None
+) -> I2PDataset:
+    """A user's prompt table in I2P's schema. Without a seed column, prompt i gets seed + i;
+    without a category column, every prompt is in one group named after the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise AuditError(f"prompt set {path} does not exist; pass a CSV or Parquet file")
+    try:
+        raw = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise AuditError(f"prompt set {path} is not a readable table: {exc}") from None
+    missing = [c for c in columns.values() if c not in raw.columns]
+    if missing:
+        raise AuditError(
+            f"prompt set {path} has no column {missing[0]!r} (mapped by --columns); its columns: "
+            f"{', '.join(map(str, raw.columns))}"
+        )
+    group = name or path.stem
+    text = raw[columns["prompt"]]
+    bad = text.isna() | (text.astype(str).str.strip() == "")
+    if bad.all():
+        raise AuditError(f"prompt set {path}: column {columns['prompt']!r} has no prompt text")
+    raw = raw[~bad].reset_index(drop=True)
+    frame = pd.DataFrame({"prompt": raw[columns["prompt"]].astype(str).str.strip()})
+    frame["categories"] = raw[columns["category"]].astype(str) if "category" in columns else group
+    frame["hard"] = False
+    for column in (*PERCENT_COLUMNS, "prompt_toxicity"):
+        frame[column] = np.nan
+    frame["sd_seed"] = _integers(raw, columns.get("seed"), seed, path)
+    frame["sd_guidance_scale"] = (
+        pd.to_numeric(raw[columns["guidance"]], errors="raise").astype(float)
+        if "guidance" in columns
+        else DEFAULT_GUIDANCE
+    )
+    frame["sd_image_width"] = frame["sd_image_height"] = 512
+    if "id" in columns:
+        ids = raw[columns["id"]].astype(str)
+        if ids.duplicated().any():
+            twice = ids[ids.duplicated()].iloc[0]
+            raise AuditError(f"prompt set {path}: id column {columns['id']!r} repeats {twice!r}")
+    else:
+        ids = pd.Series([str(i) for i in range(len(raw))])
+    frame.insert(0, "prompt_id", ids.to_numpy())
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    source = f"prompt-set:{path} ({', '.join(f'{k}={v}' for k, v in columns.items())})"
+    return I2PDataset(frame=frame, source=source, path=path, sha256=digest)
+
+
+def _integers(raw: pd.DataFrame, column: str | None, seed: int, path: Path) -> pd.Series:
+    if column is None:
+        return pd.Series(seed + np.arange(len(raw)), dtype="int64")
+    values = pd.to_numeric(raw[column], errors="coerce")
+    if values.isna().any() or (values % 1 != 0).any() or (values < 0).any():
+        row = int(np.flatnonzero(values.isna() | (values % 1 != 0) | (values < 0))[0])
+        raise AuditError(
+            f"prompt set {path}: seed column {column!r} row {row + 1} is not a non-negative "
+            f"integer ({raw[column].iloc[row]!r})"
+        )
+    return values.astype("int64")
