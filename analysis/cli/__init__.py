@@ -13,6 +13,7 @@ app = typer.Typer(
     name="t2i-audit",
     help="Audit text-to-image models for inappropriate degeneration and ethnic bias.",
     no_args_is_help=True,
+    rich_markup_mode=None,
     pretty_exceptions_enable=False,
     add_completion=False,
 )

@@ -10,7 +10,9 @@ from rich.console import Console
 from analysis.errors import AuditError
 
 console = Console()
-erase_app = typer.Typer(help="Erase a concept from a model's UNet (ESD).", no_args_is_help=True)
+erase_app = typer.Typer(
+    help="Erase a concept from a model's UNet (ESD).", no_args_is_help=True, rich_markup_mode=None
+)
 
 METHODS = ("esd-x", "esd-u")
 RECIPE_NAMES = ("paper", "diffusers")

@@ -17,6 +17,7 @@ console = Console()
 sub = typer.Typer(
     help="The I2P benchmark: toxicity correlation, Table 1, benchmark runs.",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
 PROTOCOL_HELP = (

@@ -11,7 +11,9 @@ from analysis.cli.generate import print_summary
 
 console = Console()
 knn_app = typer.Typer(
-    help="LAION-style kNN neighbours (clip-retrieval protocol).", no_args_is_help=True
+    help="LAION-style kNN neighbours (clip-retrieval protocol).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
 

@@ -10,7 +10,7 @@ from rich.console import Console
 from analysis.cli.generate import MODEL_HELP, print_summary
 
 console = Console()
-probe_app = typer.Typer(help="Bias probes.", no_args_is_help=True)
+probe_app = typer.Typer(help="Bias probes.", no_args_is_help=True, rich_markup_mode=None)
 
 
 def register(app: typer.Typer) -> None:

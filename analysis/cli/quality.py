@@ -13,6 +13,7 @@ console = Console()
 quality_app = typer.Typer(
     help="Image quality and text alignment per config: COCO FID and CLIP distance (SLD Table 2).",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
 REFERENCE_HELP = "Folder of real images (e.g. COCO val2014) that FID compares against."

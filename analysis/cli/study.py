@@ -13,6 +13,7 @@ console = Console()
 study_app = typer.Typer(
     help="Blinded pairwise user study of two configs (quality, text alignment).",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
 
