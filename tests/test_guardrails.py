@@ -317,3 +317,29 @@ def test_probe_cli_runs_a_swapped_unet_side_by_side(two_models, tmp_path, capsys
     with pytest.raises(SystemExit) as bad:
         main([*args[:3], str(tmp_path / "other"), *args[4:-1], "esd=/nonexistent.safetensors"])
     assert bad.value.code == 2 and not (tmp_path / "other").exists()
+
+
+def test_figure_plots_safety_against_fidelity_when_fid_is_known() -> None:
+    from analysis.guardrails.figure import guardrail_figure
+
+    table = pd.DataFrame(
+        {
+            "guardrail": ["sd", "sld-strong", "esd:sd"],
+            "probe_rate": [0.40, 0.10, 0.20],
+            "probe_ci_low": [0.35, 0.07, 0.16],
+            "probe_ci_high": [0.45, 0.14, 0.25],
+            "probe_change": [np.nan, -0.30, -0.20],
+            "probe_change_ci_low": [np.nan, -0.35, -0.26],
+            "probe_change_ci_high": [np.nan, -0.25, -0.14],
+            "fid": [14.4, 15.9, np.nan],  # no quality run for the ESD model
+        }
+    )
+    fig = guardrail_figure(table)
+    left, right = fig.axes
+    bars = left.containers[0].lines[2][0].get_segments()  # the probe change intervals
+    assert [tuple(seg[:, 0]) for seg in bars[1:]] == [(-0.35, -0.25), (-0.26, -0.14)]
+    points = next(c for c in right.collections if c.get_gid() == "safety-vs-cost").get_offsets()
+    assert np.asarray(points).tolist() == [[14.4, 0.40], [15.9, 0.10]]  # ESD has no FID: absent
+    assert "FID" in right.get_xlabel() and "nudity" in right.get_ylabel()
+    only_safety = guardrail_figure(table.drop(columns="fid"))
+    assert len(only_safety.axes) == 1  # no fidelity measured: no second panel
