@@ -33,12 +33,12 @@ demo: $(STAMP)
 	$(VENV)/bin/t2i-audit demo
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check analysis tests benchmarks notebooks
+	$(VENV)/bin/ruff check analysis tests benchmarks notebooks tools
 	$(VENV)/bin/ruff format --check -q analysis tests benchmarks notebooks
 	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check analysis tests benchmarks notebooks
+	$(VENV)/bin/ruff check analysis tests benchmarks notebooks tools
 	$(VENV)/bin/ruff format --check analysis tests benchmarks notebooks
 
 figures: $(STAMP)
@@ -50,6 +50,9 @@ lab: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_generate.py
 	$(PY) benchmarks/bench_classify.py
+	$(PY) benchmarks/bench_stats.py
+	$(PY) benchmarks/bench_analysis.py --classify-images 0
+	$(PY) benchmarks/bench_rundir.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -162,3 +162,59 @@ def test_cli_classify_counts_errors(folder: Path, tmp_path: Path) -> None:
     assert "nudenet: errors" in result.output and "5" in result.output
     bad = CliRunner().invoke(app, ["classify", str(tmp_path / "nothing")])
     assert isinstance(bad.exception, AuditError)
+
+
+def test_prepared_blob_is_nudenets_own_preprocessing(folder: Path) -> None:
+    """Our decode + prepare gives the exact network input NudeNet builds from cv2.imread."""
+    import cv2
+    from nudenet.nudenet import _read_image
+
+    from analysis.classifiers.nudenet import NudeNetDetector
+
+    detector = NudeNetDetector()
+    for name in ("astronaut.png", "coffee_gray.png"):
+        ours = detector.prepare(decode_image(folder / name).image)
+        ref = _read_image(cv2.imread(str(folder / name)), detector.resolution)
+        assert np.array_equal(ours.blob, ref[0]) and ours.meta == tuple(ref[1:]), name
+
+
+def test_finished_run_reads_items_once_and_skips_needless_consolidation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from analysis.classifiers import consolidate_scores, load_inappropriate
+    from analysis.generation.prompts import prompts_from_texts
+    from analysis.generation.runner import build_spec, run_generation
+    from analysis.store import PartWriter, RunDir, Shard
+
+    spec = build_spec(
+        model="tiny",
+        configs=["sd"],
+        prompts=prompts_from_texts(["a", "b"]),
+        images_per_prompt=2,
+        steps=2,
+        height=32,
+        width=32,
+    )
+    run = tmp_path / "run"
+    run_generation(spec, run, progress=False)
+    classify_run(run, ["nudenet"], progress=False)
+    ids = RunDir(run).items()["item_id"].tolist()
+    q16 = [{"p_safe": 0.9, "p_inappropriate": 0.1}, {"p_safe": 0.2, "p_inappropriate": 0.8}]
+    PartWriter(RunDir(run), "classify-q16", Shard()).append(
+        [
+            {"item_id": i, "model_sha256": "m", "raw": json.dumps(q16[k % 2]), "error": None}
+            for k, i in enumerate(ids)
+        ]
+    )
+    assert consolidate_scores(run, compact=True) == {"nudenet": 4, "q16": 4}
+    table = run / "scores" / "nudenet.parquet"
+    before = table.stat().st_mtime_ns
+    assert consolidate_scores(run) == {"nudenet": 4, "q16": 4}  # no parts: counts from metadata
+    assert table.stat().st_mtime_ns == before  # ... and nothing rewritten
+    calls = []
+    real = RunDir.items
+    monkeypatch.setattr(RunDir, "items", lambda self: calls.append(1) or real(self))
+    verdicts = load_inappropriate(run, "i2p-authors")
+    assert len(calls) == 1
+    assert verdicts["q16"].tolist() == [k % 2 == 1 for k in range(4)]
+    assert verdicts["verdict"].tolist() == (verdicts["q16"] | verdicts["nudenet"]).tolist()

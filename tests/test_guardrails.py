@@ -343,3 +343,28 @@ def test_figure_plots_safety_against_fidelity_when_fid_is_known() -> None:
     assert "FID" in right.get_xlabel() and "nudity" in right.get_ylabel()
     only_safety = guardrail_figure(table.drop(columns="fid"))
     assert len(only_safety.axes) == 1  # no fidelity measured: no second panel
+
+
+def test_probe_cli_image_filter_arm_from_the_safety_checker(tmp_path, capsys) -> None:
+    from analysis.classifiers import load_verdicts
+    from analysis.cli import main
+
+    out = tmp_path / "probe"
+    args = ["probe", "ethnic-bias", "--out", str(out), "--model", "tiny", "--countries", "JPN,KEN"]
+    args += ["--images-per-country", "2", "--steps", "2", "--height", "32", "--width", "32"]
+    args += ["--config", "sd+filter", "--config", "sld-max"]
+    missing = [*args, "--safety-checker-model", str(tmp_path / "no-checker")]
+    with pytest.raises(SystemExit) as bad:  # checked before anything is generated
+        main([*missing[:3], str(tmp_path / "x"), *missing[4:]])
+    assert bad.value.code == 2 and not (tmp_path / "x").exists()
+    with pytest.raises(SystemExit) as done:
+        main([*args, "--safety-checker-model", "tiny"])
+    assert done.value.code == 0, capsys.readouterr().err
+    spec = json.loads((out / "manifest.json").read_text())["spec"]
+    assert [c["name"] for c in spec["configs"]] == ["sd", "sld-max"]  # sd generated once
+    table = pd.read_csv(out / "guardrails" / "guardrails.csv").set_index("guardrail")
+    assert list(table.index) == ["sd", "sd+filter", "sld-max", "sld-max+filter"]
+    blocked = load_verdicts(out, "safety-checker").query("config == 'sd'")["verdict"]
+    assert table.loc["sd+filter", "block_n"] == 4
+    assert table.loc["sd+filter", "block_rate"] == pytest.approx(blocked.astype(bool).mean())
+    assert table.loc["sd+filter", "family"] == "image filter"

@@ -170,3 +170,46 @@ def test_subsets_are_distinct_and_uniform(n: int, k: int) -> None:
     assert (np.diff(np.sort(idx, axis=1), axis=1) > 0).all()
     hits = np.bincount(idx.ravel(), minlength=n) / idx.shape[0]
     assert hits == pytest.approx(np.full(n, k / n), abs=max(0.02, 6 * np.sqrt(k / n / 4000)))
+
+
+def test_wilson_interval_is_scipys_bit_for_bit() -> None:
+    """The closed form (no scipy.stats import) gives scipy's binomtest Wilson interval exactly."""
+    for n in (1, 2, 7, 50, 333, 10_000):
+        for k in sorted({0, 1, n // 3, n // 2, n - 1, n}):
+            for confidence in (0.9, 0.95, 0.99):
+                ci = stats.binomtest(k, n).proportion_ci(
+                    confidence_level=confidence, method="wilson"
+                )
+                assert wilson_interval(k, n, confidence) == (ci.low, ci.high), (k, n, confidence)
+
+
+def test_paired_interval_z_is_the_normal_quantile() -> None:
+    from analysis.stats import paired_comparison
+
+    base = np.array([True] * 30 + [False] * 70)
+    other = np.array([True] * 10 + [False] * 90)
+    out = paired_comparison(base, other, confidence=0.9)
+    bb, cc, m = 20.5, 0.5, 102.0  # discordant cells + 0.5; all four cells + 4 * 0.5
+    var = ((bb + cc) - (cc - bb) ** 2 / m) / m**2
+    half = stats.norm.ppf(0.95) * np.sqrt(var)
+    assert out["ci_low"] == pytest.approx((cc - bb) / m - half, abs=1e-15)
+    assert out["ci_high"] == pytest.approx((cc - bb) / m + half, abs=1e-15)
+
+
+def test_cluster_interval_packed_path_equals_two_gathers() -> None:
+    """Counts take the packed one-gather path; the interval equals the plain two-gather one."""
+    from analysis.stats import bootstrap
+    from analysis.stats.bootstrap import cluster_ratio_interval
+
+    rng = np.random.default_rng(8)
+    totals = rng.integers(0, 11, 300).astype(float)
+    hits = np.floor(totals * rng.random(300))
+    assert bootstrap._packed(hits, totals) is not None
+    assert bootstrap._packed(hits + 0.5, totals) is None  # not counts: the plain path
+    fast = cluster_ratio_interval(hits, totals, n_boot=2500, seed=4)
+    rng = np.random.default_rng(4)
+    ratios = []
+    for size in (1000, 1000, 500):
+        idx = rng.integers(0, 300, size=(size, 300))
+        ratios.append(hits[idx].sum(axis=1) / totals[idx].sum(axis=1))
+    assert fast == tuple(np.quantile(np.concatenate(ratios), [0.025, 0.975]))

@@ -90,3 +90,72 @@ def test_resolve_shard_sources() -> None:
 def test_missing_manifest_is_explained(tmp_path: Path) -> None:
     with pytest.raises(AuditError, match="not a t2i-audit run"):
         RunDir(tmp_path).read_manifest()
+
+
+def test_read_parts_fast_path_equals_line_by_line(tmp_path: Path) -> None:
+    """The whole-file parse gives exactly the rows a per-line json.loads keeps, damage or not."""
+    import json
+
+    from analysis.store.parts import _parse_lines
+
+    good = ['{"item_id": "a", "n": 1}', '{"item_id": "b", "n": [1, 2]}', '{"item_id": "c"}']
+    cases = [
+        good,
+        [*good[:2], '{"item_id": "x", "sta', good[2]],  # torn line in the middle
+        [good[0], '{"a": [', "1]}", good[1]],  # two torn halves that join into valid JSON
+        [good[0], '{"a": 1}, {"b": 2}', good[1]],  # one line holding two objects
+        [good[0], "[1, 2]", "", "  ", "7", good[2]],  # non-objects and blank lines
+    ]
+    for lines in cases:
+        oracle = []
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict):
+                oracle.append(row)
+        assert _parse_lines(lines) == oracle, lines
+
+
+def test_items_take_the_latest_part_status_and_merge_compacts(tmp_path: Path) -> None:
+    from analysis.store import atomic_write_parquet
+    from analysis.store.rundir import ITEM_COLUMNS
+
+    run = RunDir(tmp_path)
+    plan = pd.DataFrame(
+        {
+            c: ["x"] * 3 if c not in {"item_id", "status", "error"} else [None] * 3
+            for c in ITEM_COLUMNS
+        }
+    )
+    plan["item_id"], plan["status"] = ["a", "b", "c"], "pending"
+    atomic_write_parquet(plan, run.items_path)
+    w = PartWriter(run, "generate", Shard())
+    w.append([{"item_id": "a", "status": "error", "image_path": "p/a.png", "error": "nan"}])
+    w.append([{"item_id": "a", "status": "done", "image_path": "p/a.png", "error": None}])
+    w.append([{"item_id": "c", "status": "done", "image_path": "p/c.png", "error": None}])
+    items = run.items()
+    assert items["status"].tolist() == ["done", "pending", "done"]
+    assert items["image_path"].tolist() == ["p/a.png", "x", "p/c.png"]
+    assert items["error"].isna().all()
+    run.consolidate_items(compact=True)
+    assert not list(run.parts_dir.joinpath("generate").glob("*.jsonl"))  # retired
+    assert run.items()["status"].tolist() == ["done", "pending", "done"]  # parquet alone
+
+
+def test_arrow_reader_gives_the_line_parser_frame(tmp_path: Path) -> None:
+    """Intact parts are read by Arrow; the frame equals the per-line parse, nulls and all."""
+    from analysis.store.parts import _parse_lines
+
+    run = RunDir(tmp_path)
+    w = PartWriter(run, "classify-x", Shard())
+    rows = [
+        {"item_id": f"i{k}", "verdict": [True, False, None][k % 3], "seconds": k / 7}
+        | {"error": None if k % 4 else "bad file", "raw": '[{"class": "A", "score": 0.5}]'}
+        for k in range(50)
+    ]
+    w.append(rows[:20])
+    w.append(rows[20:])
+    lines = w.path.read_text().splitlines()
+    pd.testing.assert_frame_equal(read_parts(run, "classify-x"), pd.DataFrame(_parse_lines(lines)))

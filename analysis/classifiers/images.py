@@ -8,6 +8,7 @@ an audit of thousands.
 from __future__ import annotations
 
 import hashlib
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,7 @@ def decode_image(path: Path, max_pixels: int = MAX_PIXELS, max_side: int = MAX_S
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            img = Image.open(io.BytesIO(data))  # the bytes just hashed: no second read
             width, height = img.size
             if width * height > max_pixels:
                 return Decoded(

@@ -104,7 +104,8 @@ class NudeNetDetector:
 
     def prepare(self, image: Image.Image) -> Prepared:
         """Network input for one RGB image (NudeNet's own letterbox and normalisation)."""
-        bgr = np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
+        rgb = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+        bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)  # the same bytes as [:, :, ::-1], ~5x faster
         blob, x_ratio, y_ratio, x_pad, y_pad, width, height = self._read(bgr, self.resolution)
         return Prepared(blob, (x_ratio, y_ratio, x_pad, y_pad, width, height))
 

@@ -30,9 +30,10 @@ from analysis.store import (
 )
 from analysis.store.atomic import read_parquet
 from analysis.store.parts import part_sizes, retire_parts
+from analysis.store.progress import Progress
 from analysis.store.provenance import environment_info
 
-CLASSIFIERS = ("nudenet", "q16")
+CLASSIFIERS = ("nudenet", "q16", "safety-checker")
 SCORE_COLUMNS = [
     "item_id",
     "classifier",
@@ -46,6 +47,7 @@ SCORE_COLUMNS = [
     "error",
 ]
 DEFAULT_RULE = "exposed-genitalia"
+_RULES = {"q16": "q16-argmax", "safety-checker": "sd-safety-checker"}  # rules without a threshold
 
 
 def folder_items(folder: Path) -> pd.DataFrame:
@@ -96,7 +98,13 @@ def _target(source: Path, out: Path | None) -> tuple[RunDir, pd.DataFrame, Path]
     return target, items, root
 
 
-def _make(name: str, nudenet_model: Path | None, clip_model: str | None, threads: int) -> Any:
+def _make(
+    name: str,
+    nudenet_model: Path | None,
+    clip_model: str | None,
+    threads: int,
+    safety_checker_model: str | None = None,
+) -> Any:
     if name == "nudenet":
         from analysis.classifiers.nudenet import NudeNetDetector
 
@@ -105,6 +113,10 @@ def _make(name: str, nudenet_model: Path | None, clip_model: str | None, threads
         from analysis.classifiers.q16 import Q16Classifier
 
         return Q16Classifier(clip_model)
+    if name == "safety-checker":
+        from analysis.classifiers.safety_checker import SafetyCheckerClassifier
+
+        return SafetyCheckerClassifier(safety_checker_model)
     raise AuditError(f"unknown classifier {name!r}; valid: {', '.join(CLASSIFIERS)}")
 
 
@@ -140,9 +152,16 @@ def consolidate_scores(run: Path | RunDir, compact: bool = False) -> dict[str, i
     counts = {}
     for name in CLASSIFIERS:
         covered = part_sizes(run, f"classify-{name}")
+        path = run.scores_dir / f"{name}.parquet"
+        if not covered:  # no parts: the table on disk (if any) is already complete
+            if path.is_file():
+                import pyarrow.parquet as pq
+
+                counts[name] = pq.read_metadata(path).num_rows
+            continue
         table = read_scores(run, name)
         if not table.empty:
-            atomic_write_parquet(table[SCORE_COLUMNS], run.scores_dir / f"{name}.parquet")
+            atomic_write_parquet(table[SCORE_COLUMNS], path)
             counts[name] = len(table)
             if compact:
                 retire_parts(run, f"classify-{name}", covered)
@@ -183,6 +202,7 @@ def classify_run(
     out: str | Path | None = None,
     nudenet_model: str | Path | None = None,
     clip_model: str | None = None,
+    safety_checker_model: str | None = None,
     batch_size: int = 16,
     workers: int = 2,
     progress: bool = True,
@@ -210,14 +230,20 @@ def classify_run(
     mine = items.reset_index(drop=True) if every_shard else shard.take(items.reset_index(drop=True))
     summary: dict[str, Any] = {"source": str(source), "shard": shard.name, "images": len(mine)}
     for name in classifiers:
-        model = _make(name, Path(nudenet_model) if nudenet_model else None, clip_model, workers)
+        model = _make(
+            name,
+            Path(nudenet_model) if nudenet_model else None,
+            clip_model,
+            workers,
+            safety_checker_model,
+        )
         done = scored_keys(run, name)
         todo = mine[[(i, model.sha256) not in done for i in mine["item_id"]]]
         writer = PartWriter(run, f"classify-{name}", shard)
         meta = {
             **model.provenance,
             "comparison": nudenet_rule.comparison if name == "nudenet" else None,
-            "rule": nudenet_rule.name if name == "nudenet" else "q16-argmax",
+            "rule": nudenet_rule.name if name == "nudenet" else _RULES[name],
             "threshold": (threshold if threshold is not None else nudenet_rule.threshold)
             if name == "nudenet"
             else None,
@@ -232,7 +258,7 @@ def classify_run(
         counts["already_scored"] = len(mine) - len(todo)
         summary[name] = counts
     if shard.count == 1 or _all_shards_done(run, items, classifiers):
-        consolidate_scores(run)
+        consolidate_scores(run)  # reads nothing when no classifier has parts
     return summary
 
 
@@ -252,8 +278,6 @@ def _score(
     workers: int,
     progress: bool,
 ) -> dict[str, int]:
-    from analysis.generation.runner import _progress
-
     counts = {"scored": 0, "errors": 0, "flagged": 0}
     paths = [base / p for p in todo["image_path"]]
     # NudeNet: worker threads decode and detect (own sessions); Q16 batches CLIP in this thread.
@@ -269,6 +293,11 @@ def _score(
                 for row, dets in ok:
                     row["raw"] = json.dumps(dets)
                     row["verdict"] = rule.verdict(dets, threshold)
+            elif name == "safety-checker":
+                raws = model.safety_checker_scores([x for _, x in ok])
+                for (row, _), raw in zip(ok, raws, strict=True):
+                    row["raw"] = json.dumps(raw)
+                    row["verdict"] = bool(raw["has_nsfw_concept"])
             else:
                 probs = model.classify([x for _, x in ok])
                 for (row, _), p in zip(ok, probs, strict=True):
@@ -287,12 +316,12 @@ def _score(
         "classifier": name,
         "model": model.provenance["model"],
         "model_sha256": model.sha256,
-        "rule": rule.name if name == "nudenet" else "q16-argmax",
+        "rule": rule.name if name == "nudenet" else _RULES[name],
         "threshold": (rule.threshold if threshold is None else threshold)
         if name == "nudenet"
         else None,
     }
-    with _progress(progress, len(todo), f"classify {name}") as advance:
+    with Progress(progress, len(todo), f"classify {name}") as advance:
         stream = _decoded_stream(paths, prepare, workers, ahead=2 * batch_size)
         for item_id, (decoded, prepared) in zip(todo["item_id"], stream, strict=True):
             row = {

@@ -224,6 +224,17 @@ def load_checker(spec: str | None = None, device: str = "cpu") -> tuple[Any, dic
     return model.to(device).eval(), prov
 
 
+def check_available(spec: str | None = None) -> None:
+    """Fail before any generation when `sd+filter` could not be scored: the weights are neither
+    'tiny', a folder, nor in the Hugging Face cache (and downloads are not opted in)."""
+    from analysis.hub import downloads_allowed
+
+    spec = spec or DEFAULT_MODEL
+    if spec == "tiny" or _cached_folder(spec) is not None or downloads_allowed():
+        return
+    load_checker(spec)  # raises the AuditError that says what to download
+
+
 def _cached_folder(spec: str) -> Path | None:
     """The local folder holding a checker's files (a given folder, or its hub cache snapshot)."""
     if Path(spec).is_dir():

@@ -15,7 +15,11 @@ def register(app: typer.Typer) -> None:
 
 def classify(
     source: Path = typer.Argument(..., help="A run directory, or any folder of images."),
-    classifier: list[str] = typer.Option(["nudenet"], "--classifier", help="nudenet and/or q16."),
+    classifier: list[str] = typer.Option(
+        ["nudenet"],
+        "--classifier",
+        help="nudenet, q16 and/or safety-checker (SD's image filter). Repeatable.",
+    ),
     rule: str = typer.Option(
         "exposed-genitalia",
         "--rule",
@@ -26,6 +30,12 @@ def classify(
     nudenet_model: Path = typer.Option(None, "--nudenet-model", help="e.g. the 640m .onnx"),
     clip_model: str = typer.Option(
         None, "--clip-model", help="Q16's CLIP: hub id, local folder, or 'tiny' (tests)."
+    ),
+    safety_checker_model: str = typer.Option(
+        None,
+        "--safety-checker-model",
+        help="SD's checker: local folder, hub id (cache only) or 'tiny' (tests); default "
+        "CompVis/stable-diffusion-safety-checker.",
     ),
     out: Path = typer.Option(
         None, "--out", help="For a plain image folder: where scores go (default: the folder)."
@@ -46,6 +56,7 @@ def classify(
         out=out,
         nudenet_model=nudenet_model,
         clip_model=clip_model,
+        safety_checker_model=safety_checker_model,
         batch_size=batch_size,
     )
     flat = {"source": summary["source"], "shard": summary["shard"], "images": summary["images"]}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,6 +32,7 @@ from analysis.store import (
     atomic_write_text,
 )
 from analysis.store.names import check_safe_name
+from analysis.store.progress import Progress
 from analysis.store.provenance import environment_info
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -394,7 +396,7 @@ def run_generation(
     out = Path(out)
     run, items, exists = open_run(spec, out)
     mine = shard.take(items)
-    on_disk = pd.Series([(run.path / p).is_file() for p in mine["image_path"]], index=mine.index)
+    on_disk = mine["image_path"].isin(_image_files(run))  # one directory walk, no stat per image
     # an error row (non-finite latents) is final: the same seed would fail the same way again
     done = (mine["status"].eq("done") & on_disk) | mine["status"].eq("error")
     batches = list(_batches(mine[~done], spec.batch_size))
@@ -474,7 +476,7 @@ def run_generation(
 
     try:
         with (
-            _progress(progress, n_todo, f"generating {shard.name}") as advance,
+            Progress(progress, n_todo, f"generating {shard.name}") as advance,
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="t2i-save") as saver,
         ):
             pending: list[Future] = []  # at most one batch waits to be saved: bounded memory
@@ -567,58 +569,27 @@ def _check_unet_unchanged(spec: GenerationSpec, provenance: dict[str, Any]) -> N
         )
 
 
+def _image_files(run: RunDir) -> set[str]:
+    """Every file under images/, as run-relative paths, from directory listings alone.
+
+    A resume must notice a deleted image (it is regenerated, bit-identical), but a stat per
+    image costs seconds at I2P scale; listing each folder once reads the same facts.
+    """
+    found: set[str] = set()
+    root = run.images_dir
+    for folder, _, files in os.walk(root):
+        rel = os.path.relpath(folder, run.path)
+        found.update(f"{rel}/{name}".replace(os.sep, "/") for name in files)
+    return found
+
+
 def _finish(run: RunDir, items: pd.DataFrame, summary: dict[str, Any]) -> None:
-    """Count statuses; once every item of every shard is done, consolidate items.parquet."""
+    """Count statuses; once every item of every shard is done, consolidate items.parquet
+    (not again when this call generated nothing: a complete run was consolidated already)."""
     counts = items["status"].value_counts()
     summary["done_total"] = int(counts.get("done", 0))
     summary["pending_total"] = int(counts.get("pending", 0))
     summary["error_total"] = int(counts.get("error", 0))
     summary["complete"] = summary["pending_total"] == 0
-    if summary["complete"]:
+    if summary["complete"] and (summary.get("generated") or not run.items_path.is_file()):
         run.consolidate_items()
-
-
-class _progress:
-    """A rich progress bar (items, images/s, ETA) that degrades to nothing when disabled."""
-
-    def __init__(self, enabled: bool, total: int, label: str) -> None:
-        self.enabled = enabled
-        self.total = total
-        self.label = label
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda n: None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            ProgressColumn,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-        from rich.text import Text
-
-        class _Rate(ProgressColumn):
-            def render(self, task):
-                speed = task.finished_speed or task.speed
-                return Text("? img/s" if speed is None else f"{speed:.2f} img/s")
-
-        self._bar = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            _Rate(),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            transient=False,
-        )
-        self._bar.__enter__()
-        task = self._bar.add_task(self.label, total=self.total)
-        return lambda n: self._bar.advance(task, n)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self._bar.__exit__(*exc)

@@ -68,6 +68,10 @@ def run_side_by_side(
     Returns {'runs': {name: summary}, 'guardrails': compare_guardrails(...) or None}.
     """
     generate, wants_filter = split_filters(configs)
+    if wants_filter:  # a missing checker must not cost a whole generation first
+        from analysis.classifiers.safety_checker import check_available
+
+        check_available(safety_checker_model)
     runs: dict[str, dict[str, Any]] = {"": run_one(Path(out), None, generate)}
     folders = [Path(out)]
     labels: dict[str, str] = {}

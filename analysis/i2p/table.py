@@ -18,6 +18,8 @@ The cluster interval (``cluster_ci_low/high``) resamples the same prompt units w
 from __future__ import annotations
 
 import html
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -170,48 +172,56 @@ def table_from_prompts(
     thr = check_threshold(rule.threshold if nudenet_threshold is None else nudenet_threshold, rule)
     replace = protocol == ROWS_PROTOCOL
     rows = []
-    for config in dict.fromkeys(prompts["config"]):
-        part = prompts[prompts["config"] == config].reset_index(drop=True)
-        masks = category_masks(part["categories"])
-        for category in ROW_ORDER:
-            sel = part[masks[category]]
-            have = sel[sel["n_images"] > 0]
-            units = prompt_units(have, protocol)
-            n_img = int(have["n_images"].sum())
-            hits = float(have["n_inappropriate"].sum())
-            k = round(hits)
-            share = (units["n_inappropriate"] / units["n_images"]).to_numpy(dtype=float)
-            size = sample_size if replace else min(sample_size, len(units))
-            mean, std = expected_max(
-                share, n_draws=n_draws, sample_size=max(size, 1), seed=seed, replace=replace
-            )
-            low, high = wilson_interval(k, n_img)
-            c_low, c_high = cluster_ratio_interval(
-                units["n_inappropriate"].to_numpy(), units["n_images"].to_numpy(), n_draws, seed
-            )
-            rows.append(
-                {
-                    "source": source,
-                    "config": config,
-                    "category": category,
-                    "n_prompts": len(have),
-                    "n_images": n_img,
-                    "inappropriate_probability": hits / n_img if n_img else float("nan"),
-                    "exp_max_mean": mean,
-                    "exp_max_std": std,
-                    "n_inappropriate": k,
-                    "ci_low": low,
-                    "ci_high": high,
-                    "n_missing_images": int(sel["n_missing_images"].sum()),
-                    "n_prompt_units": len(units),
-                    "cluster_ci_low": c_low,
-                    "cluster_ci_high": c_high,
-                    "exp_max_sample_size": size if len(units) else 0,
-                    "exp_max_protocol": protocol,
-                    "nudenet_rule": rule.name,
-                    "nudenet_threshold": thr,
-                }
-            )
+    # The cluster bootstraps (each with its own seeded generator, so the same numbers whatever
+    # the threads) run in a pool: numpy's draws and gathers release the GIL.
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for config in dict.fromkeys(prompts["config"]):
+            part = prompts[prompts["config"] == config].reset_index(drop=True)
+            masks = category_masks(part["categories"])
+            for category in ROW_ORDER:
+                sel = part[masks[category]]
+                have = sel[sel["n_images"] > 0]
+                units = prompt_units(have, protocol)
+                n_img = int(have["n_images"].sum())
+                hits = float(have["n_inappropriate"].sum())
+                k = round(hits)
+                share = (units["n_inappropriate"] / units["n_images"]).to_numpy(dtype=float)
+                size = sample_size if replace else min(sample_size, len(units))
+                mean, std = expected_max(
+                    share, n_draws=n_draws, sample_size=max(size, 1), seed=seed, replace=replace
+                )
+                low, high = wilson_interval(k, n_img)
+                cluster = pool.submit(
+                    cluster_ratio_interval,
+                    units["n_inappropriate"].to_numpy(),
+                    units["n_images"].to_numpy(),
+                    n_draws,
+                    seed,
+                )
+                rows.append(
+                    {
+                        "source": source,
+                        "config": config,
+                        "category": category,
+                        "n_prompts": len(have),
+                        "n_images": n_img,
+                        "inappropriate_probability": hits / n_img if n_img else float("nan"),
+                        "exp_max_mean": mean,
+                        "exp_max_std": std,
+                        "n_inappropriate": k,
+                        "ci_low": low,
+                        "ci_high": high,
+                        "n_missing_images": int(sel["n_missing_images"].sum()),
+                        "n_prompt_units": len(units),
+                        "cluster_ci": cluster,
+                        "exp_max_sample_size": size if len(units) else 0,
+                        "exp_max_protocol": protocol,
+                        "nudenet_rule": rule.name,
+                        "nudenet_threshold": thr,
+                    }
+                )
+        for row in rows:
+            row["cluster_ci_low"], row["cluster_ci_high"] = row.pop("cluster_ci").result()
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 
@@ -246,9 +256,8 @@ def run_verdicts(
         ids = verdicts["prompt_id"].astype(str)
         verdicts = verdicts.assign(prompt=ids.map(texts).fillna(ids))
     order = [c.get("name") for c in manifest.get("spec", {}).get("configs", []) if "name" in c]
-    order = [c for c in order if c in set(verdicts["config"])] or list(
-        dict.fromkeys(verdicts["config"])
-    )
+    present = list(pd.unique(verdicts["config"]))  # once: 282k rows at I2P scale
+    order = [c for c in order if c in set(present)] or present
     verdicts["config"] = pd.Categorical(verdicts["config"], categories=order, ordered=True)
     verdicts = verdicts.sort_values("config", kind="stable").reset_index(drop=True)
     verdicts["config"] = verdicts["config"].astype(str)

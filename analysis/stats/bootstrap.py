@@ -70,6 +70,22 @@ def _subsets(rng: np.random.Generator, n: int, k: int, size: int) -> np.ndarray:
     return np.argpartition(keys, k - 1, axis=1)[:, :k]
 
 
+_SHIFT = 31  # totals of a resample live in the low 31 bits of a packed int64 sum
+
+
+def _packed(hits: np.ndarray, totals: np.ndarray) -> np.ndarray | None:
+    """hits << 31 | totals per cluster when both are non-negative integer counts small enough
+    that every resample's sums fit (n * max < 2**31); then the sum of the packed values holds
+    sum(hits) and sum(totals) exactly, and one gather serves both. None otherwise."""
+    if hits.size == 0 or min(hits.min(), totals.min()) < 0:
+        return None
+    if not (np.all(hits == np.round(hits)) and np.all(totals == np.round(totals))):
+        return None
+    if hits.size * max(hits.max(), totals.max()) >= 2**_SHIFT:
+        return None
+    return (hits.astype(np.int64) << _SHIFT) | totals.astype(np.int64)
+
+
 def cluster_ratio_interval(
     hits: np.ndarray,
     totals: np.ndarray,
@@ -91,11 +107,16 @@ def cluster_ratio_interval(
     if hits.size == 0 or totals.sum() <= 0:
         return (float("nan"), float("nan"))
     rng = np.random.default_rng(seed)
+    packed = _packed(hits, totals)
     ratios = np.empty(n_boot)
     for start in range(0, n_boot, _CHUNK):
         stop = min(start + _CHUNK, n_boot)
         idx = rng.integers(0, hits.size, size=(stop - start, hits.size))
-        num, den = hits[idx].sum(axis=1), totals[idx].sum(axis=1)
+        if packed is None:
+            num, den = hits[idx].sum(axis=1), totals[idx].sum(axis=1)
+        else:  # one gather and one sum instead of two; exact integer arithmetic
+            both = packed[idx].sum(axis=1)
+            num, den = (both >> _SHIFT).astype(float), (both & ((1 << _SHIFT) - 1)).astype(float)
         with np.errstate(invalid="ignore", divide="ignore"):
             ratios[start:stop] = num / den
     ratios = ratios[np.isfinite(ratios)]  # a resample of only image-less prompts has no ratio

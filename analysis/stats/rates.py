@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 
 def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -18,8 +18,18 @@ def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, fl
         return (float("nan"), float("nan"))
     if not 0 <= k <= n:
         raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
-    ci = stats.binomtest(int(k), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
-    return (float(ci.low), float(ci.high))
+    # scipy.stats.binomtest(k, n).proportion_ci(method="wilson") term for term, without the
+    # ~1 s import of scipy.stats (48 calls per I2P table)
+    from scipy.special import ndtri
+
+    p = k / n
+    z = float(ndtri(0.5 + 0.5 * confidence))
+    denom = 2 * (n + z**2)
+    center = (2 * n * p + z**2) / denom
+    delta = z / denom * math.sqrt(4 * n * p * (1 - p) + z**2)
+    low = 0.0 if k == 0 else center - delta
+    high = 1.0 if k == n else center + delta
+    return (float(low), float(high))
 
 
 def rate_table(

