@@ -11,6 +11,7 @@ one file per 60,000 links), then times each step in a fresh process (peak RSS is
   resume-merged  run_generation again, now reading only the consolidated tables
   classify-skip  classify_run(nudenet) with every item already scored
   results        the I2P table of the run (Q16-or-NudeNet verdicts, expected max, rates)
+  report         the self-contained HTML write-up of the run (provenance, tables, samples)
 
 Seconds are the step alone (imports and spec building excluded); the aim is <= 5 s and <= 1 GB.
 """
@@ -127,6 +128,8 @@ STEPS = {
     "assert s['nudenet']['scored'] == 0, s",
     "results": "from analysis.i2p.table import run_table\nT0()\n"
     "t = run_table(OUT, 'i2p-authors')\nassert len(t), t",
+    "report": "from analysis.report import write_report\nT0()\n"
+    "write_report([OUT], OUT / 'report.html')",
 }
 
 CHILD = """

@@ -94,8 +94,9 @@ def tiny_clip(seed: int = 0) -> ClipBundle:
     )
 
 
-def check_clip_available(spec: str | None = None) -> None:
-    """Fail fast (before hours of generation) when Q16's CLIP weights are not on disk."""
+def check_clip_available(spec: str | None = None, purpose: str = "Q16") -> None:
+    """Fail fast (before hours of generation) when the CLIP weights (for Q16, or CLIP distance)
+    are not on disk."""
     spec = spec or DEFAULT_CLIP
     if spec == "tiny":
         return
@@ -120,7 +121,7 @@ def check_clip_available(spec: str | None = None) -> None:
         cached = None
     if not isinstance(cached, str):
         raise AuditError(
-            f"CLIP model {spec!r} (for Q16) is not in the Hugging Face cache; download it "
+            f"CLIP model {spec!r} (for {purpose}) is not in the Hugging Face cache; download it "
             f"once (`huggingface-cli download {spec}`), pass a local folder with --clip-model, "
             f"or {OPT_IN}"
         )

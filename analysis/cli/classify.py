@@ -1,4 +1,4 @@
-"""CLI: `classify`, NudeNet and/or Q16 over a run directory or any folder of images."""
+"""CLI: `classify`, NudeNet, Q16 and/or SD's safety checker over a run or any folder of images."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from analysis.cli import options
 from analysis.cli.generate import print_summary
 
 
@@ -31,17 +32,12 @@ def classify(
     clip_model: str = typer.Option(
         None, "--clip-model", help="Q16's CLIP: hub id, local folder, or 'tiny' (tests)."
     ),
-    safety_checker_model: str = typer.Option(
-        None,
-        "--safety-checker-model",
-        help="SD's checker: local folder, hub id (cache only) or 'tiny' (tests); default "
-        "CompVis/stable-diffusion-safety-checker.",
-    ),
+    safety_checker_model: str = options.SAFETY_CHECKER_MODEL,
     out: Path = typer.Option(
         None, "--out", help="For a plain image folder: where scores go (default: the folder)."
     ),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
-    shard: str = typer.Option(None, "--shard", help="i/N; default from RANK/WORLD_SIZE or SLURM."),
+    shard: str = options.SHARD,
 ) -> None:
     """Score images into scores/<classifier>.parquet: raw outputs, rule, threshold, verdict."""
     from analysis.classifiers import classify_run

@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from analysis.cli import options
 from analysis.errors import AuditError
 
 console = Console()
@@ -38,18 +39,9 @@ def generate(
     config: list[str] = typer.Option(["sd"], "--config", help="Guidance config (repeatable)."),
     steps: int = typer.Option(50, "--steps"),
     guidance_scale: float = typer.Option(7.5, "--guidance-scale"),
-    height: int = typer.Option(
-        None,
-        "--height",
-        min=8,
-        help="Default: the model family's (512 SD 1.x, 768 SD 2 v, 1024 XL).",
-    ),
-    width: int = typer.Option(None, "--width", min=8, help="Default: the model family's."),
-    compile_unet: bool = typer.Option(
-        False,
-        "--compile",
-        help="torch.compile the UNet (checked against eager first; part of the run's spec).",
-    ),
+    height: int = options.HEIGHT,
+    width: int = options.WIDTH,
+    compile_unet: bool = options.COMPILE,
     batch_size: int = typer.Option(
         4,
         "--batch-size",
@@ -62,7 +54,7 @@ def generate(
         None, "--unet", help="Swap in UNet weights (e.g. ESD/UCE) from a file."
     ),
     scheduler: str = typer.Option(None, "--scheduler", help="Scheduler class name override."),
-    shard: str = typer.Option(None, "--shard", help="i/N; default from RANK/WORLD_SIZE or SLURM."),
+    shard: str = options.SHARD,
     safety_concept: str = typer.Option(
         None,
         "--safety-concept",

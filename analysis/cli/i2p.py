@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.console import Console
 
+from analysis.cli import options
 from analysis.errors import AuditError
 
 if TYPE_CHECKING:  # pandas costs ~0.4 s to import: only commands that run load it
@@ -289,18 +290,9 @@ def run(
         help="Use each prompt's sd_guidance_scale from the dataset instead of --guidance-scale.",
     ),
     steps: int = typer.Option(50, "--steps", min=1),
-    height: int = typer.Option(
-        None,
-        "--height",
-        min=8,
-        help="Default: the model family's (512 SD 1.x, 768 SD 2 v, 1024 XL).",
-    ),
-    width: int = typer.Option(None, "--width", min=8, help="Default: the model family's."),
-    compile_unet: bool = typer.Option(
-        False,
-        "--compile",
-        help="torch.compile the UNet (checked against eager first; part of the run's spec).",
-    ),
+    height: int = options.HEIGHT,
+    width: int = options.WIDTH,
+    compile_unet: bool = options.COMPILE,
     batch_size: int = typer.Option(4, "--batch-size", min=1),
     device: str = typer.Option("cpu", "--device"),
     dtype: str = typer.Option("float32", "--dtype"),
@@ -311,7 +303,7 @@ def run(
     ),
     nudenet_rule: str = typer.Option("i2p-authors", "--rule", "--nudenet-rule", help=RULE_HELP),
     threshold: float = typer.Option(None, "--threshold", help=THRESHOLD_HELP),
-    shard: str = typer.Option(None, "--shard", help="i/N; default from RANK/WORLD_SIZE or SLURM."),
+    shard: str = options.SHARD,
     protocol: str = typer.Option("i2p-authors", "--protocol", help=PROTOCOL_HELP),
     prompts_file: Path = typer.Option(
         None,
@@ -327,15 +319,8 @@ def run(
         "seed --seed + i.",
     ),
     seed: int = typer.Option(0, "--seed", help="With --prompts and no seed column: first seed."),
-    unet_config: list[str] = typer.Option(
-        None,
-        "--unet-config",
-        help="NAME=FILE: the same run with these UNet weights in OUT/models/NAME, compared with "
-        "sd on the same seeds. Repeatable.",
-    ),
-    safety_checker_model: str = typer.Option(
-        None, "--safety-checker-model", help="For `--config sd+filter`: the checker's weights."
-    ),
+    unet_config: list[str] = options.UNET_CONFIG,
+    safety_checker_model: str = options.SAFETY_CHECKER_MODEL,
 ) -> None:
     """Generate I2P prompts (seeds from sd_seed), classify with Q16 + NudeNet, write Table 1.
 

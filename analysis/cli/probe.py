@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from analysis.cli import options
 from analysis.cli.generate import MODEL_HELP, print_summary
 
 console = Console()
@@ -31,35 +32,16 @@ def ethnic_bias(
     rule: str = typer.Option("exposed-genitalia", "--rule", help="NudeNet rule for the verdict."),
     steps: int = typer.Option(50, "--steps"),
     guidance_scale: float = typer.Option(7.5, "--guidance-scale"),
-    height: int = typer.Option(
-        None,
-        "--height",
-        min=8,
-        help="Default: the model family's (512 SD 1.x, 768 SD 2 v, 1024 XL).",
-    ),
-    width: int = typer.Option(None, "--width", min=8, help="Default: the model family's."),
-    compile_unet: bool = typer.Option(
-        False,
-        "--compile",
-        help="torch.compile the UNet (checked against eager first; part of the run's spec).",
-    ),
+    height: int = options.HEIGHT,
+    width: int = options.WIDTH,
+    compile_unet: bool = options.COMPILE,
     batch_size: int = typer.Option(4, "--batch-size", help="B; see `generate --help`."),
     device: str = typer.Option("cpu", "--device"),
     dtype: str = typer.Option("float32", "--dtype"),
     unet: str = typer.Option(None, "--unet", help="Swap in UNet weights (ESD, UCE...)."),
-    shard: str = typer.Option(None, "--shard", help="i/N; default from RANK/WORLD_SIZE or SLURM."),
-    unet_config: list[str] = typer.Option(
-        None,
-        "--unet-config",
-        help="NAME=FILE: the same probe with these UNet weights (ESD...) in OUT/models/NAME, "
-        "compared with sd on the same seeds. Repeatable.",
-    ),
-    safety_checker_model: str = typer.Option(
-        None,
-        "--safety-checker-model",
-        help="For `--config sd+filter`: the checker's folder or hub id (default "
-        "CompVis/stable-diffusion-safety-checker, from the local cache).",
-    ),
+    shard: str = options.SHARD,
+    unet_config: list[str] = options.UNET_CONFIG,
+    safety_checker_model: str = options.SAFETY_CHECKER_MODEL,
 ) -> None:
     """'<country> body' for 50 countries with shared seeds, SD vs SLD, judged by NudeNet.
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from analysis.cli import options
 from analysis.cli.generate import MODEL_HELP, print_summary
 
 console = Console()
@@ -41,17 +42,12 @@ def generate(
     config: list[str] = typer.Option(["sd"], "--config", help="Guidance config (repeatable)."),
     steps: int = typer.Option(50, "--steps"),
     guidance_scale: float = typer.Option(7.5, "--guidance-scale"),
-    height: int = typer.Option(
-        None,
-        "--height",
-        min=8,
-        help="Default: the model family's (512 SD 1.x, 768 SD 2 v, 1024 XL).",
-    ),
-    width: int = typer.Option(None, "--width", min=8, help="Default: the model family's."),
+    height: int = options.HEIGHT,
+    width: int = options.WIDTH,
     batch_size: int = typer.Option(4, "--batch-size", help="B; see `generate --help`."),
     device: str = typer.Option("cpu", "--device"),
     dtype: str = typer.Option("float32", "--dtype"),
-    shard: str = typer.Option(None, "--shard", help="i/N; default from RANK/WORLD_SIZE or SLURM."),
+    shard: str = options.SHARD,
     reference: Path = typer.Option(
         None, "--reference", help=REFERENCE_HELP + " Given: score once generation is complete."
     ),

@@ -20,28 +20,9 @@ DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 
 def check_clip_weights(spec: str) -> None:
     """Fail before any work when the CLIP weights are not on this machine."""
-    if spec == "tiny":
-        return
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise AuditError(f"--clip-model {spec} is a folder without config.json")
-        return
-    if spec.startswith((".", "/", "~")):
-        raise AuditError(f"--clip-model {spec} does not exist")
-    from huggingface_hub import constants, try_to_load_from_cache
+    from analysis.classifiers.clip import check_clip_available
 
-    try:
-        cached = try_to_load_from_cache(spec, "config.json")
-    except Exception:  # an id the hub library cannot parse
-        cached = None
-    if not isinstance(cached, str):
-        raise AuditError(
-            f"CLIP model {spec!r} (for CLIP distance) is not in the Hugging Face cache "
-            f"({constants.HF_HUB_CACHE}); download it on a machine with network "
-            f"(`huggingface-cli download {spec}`) and copy the cache here (or set HF_HOME), or "
-            "pass a local folder with --clip-model; t2i-audit never downloads it"
-        )
+    check_clip_available(spec, purpose="CLIP distance")
 
 
 def load_clip_for_quality(spec: str, device: str = "cpu") -> Any:
