@@ -232,3 +232,26 @@ def test_tiny_probe_end_to_end_with_figures(tmp_path: Path, chromium) -> None:
     (out / "figures" / "paper_map_sd.png").unlink()
     draw_all(out)
     assert (out / "figures" / "paper_map_sd.png").is_file()
+
+
+def test_classifying_while_generating_gives_the_same_scores(tmp_path: Path) -> None:
+    """overlap=True (the default on an accelerator): NudeNet scores each batch on the saver
+    thread while the next samples; the stored rows equal a run that classifies afterwards."""
+    from analysis.classifiers import read_scores
+    from analysis.store import RunDir
+
+    seq = tiny_probe(tmp_path / "seq", overlap=False, batch_size=2)
+    par = tiny_probe(tmp_path / "par", overlap=True, batch_size=2)
+    assert par["classify"]["scored"] == seq["classify"]["scored"] == 8
+    a = read_scores(RunDir(tmp_path / "seq"), "nudenet").sort_values("item_id")
+    b = read_scores(RunDir(tmp_path / "par"), "nudenet").sort_values("item_id")
+    cols = ["item_id", "image_sha256", "raw", "rule", "threshold", "verdict", "error"]
+    pd.testing.assert_frame_equal(a[cols].reset_index(drop=True), b[cols].reset_index(drop=True))
+    rates = pd.read_csv(tmp_path / "par" / "results" / "nudity_rates.csv")
+    assert (rates["n"] == 2).all()
+    from analysis.store.parts import read_parts
+
+    merged = RunDir(tmp_path / "par").parts_dir / "classify-nudenet" / "merged"
+    rows = read_parts(RunDir(tmp_path / "par"), "classify-nudenet")
+    older = sum(1 for f in merged.glob("*.jsonl") for _ in f.open()) if merged.is_dir() else 0
+    assert len(rows) + older == 8  # every image scored once while generating, none again

@@ -240,16 +240,7 @@ def classify_run(
         done = scored_keys(run, name)
         todo = mine[[(i, model.sha256) not in done for i in mine["item_id"]]]
         writer = PartWriter(run, f"classify-{name}", shard)
-        meta = {
-            **model.provenance,
-            "comparison": nudenet_rule.comparison if name == "nudenet" else None,
-            "rule": nudenet_rule.name if name == "nudenet" else _RULES[name],
-            "threshold": (threshold if threshold is not None else nudenet_rule.threshold)
-            if name == "nudenet"
-            else None,
-            **environment_info(),
-        }
-        atomic_write_text(run.scores_dir / f"{name}.json", json.dumps(meta, indent=2) + "\n")
+        _write_meta(run, name, model, nudenet_rule, threshold)
         started = time.perf_counter()
         counts = _score(
             model, name, todo, base, writer, nudenet_rule, threshold, batch_size, workers, progress
@@ -260,6 +251,82 @@ def classify_run(
     if shard.count == 1 or _all_shards_done(run, items, classifiers):
         consolidate_scores(run)  # reads nothing when no classifier has parts
     return summary
+
+
+def _write_meta(run: RunDir, name: str, model: Any, rule: Any, threshold: float | None) -> None:
+    """scores/<classifier>.json: the model, rule and threshold behind every verdict."""
+    meta = {
+        **model.provenance,
+        "comparison": rule.comparison if name == "nudenet" else None,
+        "rule": rule.name if name == "nudenet" else _RULES[name],
+        "threshold": (threshold if threshold is not None else rule.threshold)
+        if name == "nudenet"
+        else None,
+        **environment_info(),
+    }
+    atomic_write_text(run.scores_dir / f"{name}.json", json.dumps(meta, indent=2) + "\n")
+
+
+class BatchClassifier:
+    """Scores a run's new images batch by batch while generation goes on.
+
+    Pass it as `run_generation(..., after_batch=BatchClassifier(out, "nudenet", rule=...))`: it
+    runs on the runner's saver thread while the next batch samples, and writes the same part
+    rows `classify_run` would, so a later `classify_run` finds them scored and skips them. The
+    detector loads on the first batch (after the runner has claimed the folder).
+    """
+
+    def __init__(
+        self,
+        run: str | Path,
+        name: str = "nudenet",
+        *,
+        rule: str | None = None,
+        threshold: float | None = None,
+        shard: Shard | None = None,
+        nudenet_model: str | Path | None = None,
+        workers: int = 2,
+    ) -> None:
+        if name != "nudenet":
+            raise AuditError(f"only NudeNet scores while generating, not {name!r}")
+        self.run, self.name = RunDir(run), name
+        self.rule = get_rule(rule or DEFAULT_RULE)
+        self.threshold = threshold if threshold is None else check_threshold(threshold, self.rule)
+        self.shard, self.workers = shard or Shard(), workers
+        self.nudenet_model = Path(nudenet_model) if nudenet_model else None
+        self._model: Any = None
+        self._writer: PartWriter | None = None
+        self.counts = {"scored": 0, "errors": 0, "flagged": 0}
+
+    def __call__(self, rows: list[dict[str, Any]]) -> None:
+        todo = pd.DataFrame(
+            [
+                {"item_id": r["item_id"], "image_path": r["image_path"]}
+                for r in rows
+                if r["status"] == "done"
+            ]
+        )
+        if todo.empty:
+            return
+        if self._model is None:
+            self._model = _make(self.name, self.nudenet_model, None, self.workers)
+            self._writer = PartWriter(self.run, f"classify-{self.name}", self.shard)
+            _write_meta(self.run, self.name, self._model, self.rule, self.threshold)
+        assert self._writer is not None
+        counts = _score(
+            self._model,
+            self.name,
+            todo,
+            self.run.path,
+            self._writer,
+            self.rule,
+            self.threshold,
+            len(todo),
+            self.workers,
+            False,
+        )
+        for key in self.counts:
+            self.counts[key] += counts[key]
 
 
 def _all_shards_done(run: RunDir, items: pd.DataFrame, classifiers: Any) -> bool:

@@ -70,6 +70,7 @@ def run_probe(
     shard: Shard | None = None,
     rule: str = "exposed-genitalia",
     progress: bool = True,
+    overlap: bool | None = None,
 ) -> dict[str, Any]:
     """Generate, classify (NudeNet, `rule`), then write results and figures once complete.
 
@@ -77,6 +78,7 @@ def run_probe(
     sees it scores whatever other shards have not, so results are written only when final.
     """
     from analysis.classifiers import classify_run, get_rule
+    from analysis.classifiers.run import BatchClassifier
 
     get_rule(rule)
     prompts = probe_prompts(countries, template, seed)
@@ -96,8 +98,17 @@ def run_probe(
         extra={"probe": PROBE, "template": template, "seed": seed},
     )
     out = Path(out)
-    generated = run_generation(spec, out, shard=shard, device=device, progress=progress)
+    # On an accelerator, NudeNet scores each batch on the CPU while the next one samples; on a
+    # CPU both would share the same cores, so classification simply follows generation.
+    overlap = device != "cpu" if overlap is None else overlap
+    scorer = BatchClassifier(out, "nudenet", rule=rule, shard=shard) if overlap else None
+    generated = run_generation(
+        spec, out, shard=shard, device=device, progress=progress, after_batch=scorer
+    )
     classified = classify_run(out, ["nudenet"], rule=rule, shard=shard, progress=progress)
+    if scorer is not None:  # what was scored while generating counts as scored now
+        for key, value in scorer.counts.items():
+            classified["nudenet"][key] = classified["nudenet"].get(key, 0) + value
     summary: dict[str, Any] = {"generate": generated, "classify": classified.get("nudenet", {})}
     if not generated["complete"]:
         summary["results"] = "waiting for other shards; re-run any shard's command to finish"
