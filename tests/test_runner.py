@@ -310,3 +310,27 @@ def test_saving_and_after_batch_overlap_the_next_batch(tmp_path, monkeypatch) ->
         assert (
             png.read_bytes() == (tmp_path / "r" / png.relative_to(tmp_path / "plain")).read_bytes()
         )
+
+
+def test_a_batch_that_does_not_fit_names_the_batch_size_that_does(tmp_path, monkeypatch) -> None:
+    """Out of memory at B = 8: one-step checks at 4, 2, ... find what fits, and say so."""
+    from analysis.generation import sampler
+
+    real = sampler.sample
+
+    def limited(model, prompts, seeds, config, params, **kwargs):
+        if (params.batch_size or len(prompts)) > 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(model, prompts, seeds, config, params, **kwargs)
+
+    monkeypatch.setattr(sampler, "sample", limited)
+    spec = _spec(configs=["sd"], batch_size=8)
+    with pytest.raises(
+        AuditError, match=r"a batch of 8 does not fit .* B = 2 fits .* --batch-size 2"
+    ):
+        run_generation(spec, tmp_path / "r", progress=False)
+    monkeypatch.setattr(
+        sampler, "sample", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("out of memory"))
+    )
+    with pytest.raises(AuditError, match="not even B = 1 fits"):
+        run_generation(spec, tmp_path / "s", progress=False)

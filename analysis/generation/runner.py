@@ -498,10 +498,16 @@ def run_generation(
     except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is one
         if "out of memory" not in str(exc).lower():
             raise
+        fits = _largest_fitting_batch(loaded, spec, batches[0])
+        advice = (
+            f"B = {fits} fits (one step checked): use --batch-size {fits}"
+            if fits
+            else "not even B = 1 fits: use a smaller image size, float16, or a larger device"
+        )
         raise AuditError(
             f"a batch of {spec.batch_size} does not fit on {runtime['device']} "
             f"({runtime['model'].get('device_name', '')}); {summary['generated']} images were "
-            "kept. Use a smaller --batch-size: B is part of the run, so give it a new --out"
+            f"kept. {advice}; B is part of the run, so give it a new --out"
         ) from None
     except KeyboardInterrupt:
         raise Interrupted(
@@ -567,6 +573,36 @@ def _check_unet_unchanged(spec: GenerationSpec, provenance: dict[str, Any]) -> N
             f"--unet {spec.unet} changed while starting (sha256 {spec.unet_sha256[:12]} -> "
             f"{loaded[:12]}); re-run once the file is final"
         )
+
+
+def _largest_fitting_batch(loaded: Any, spec: GenerationSpec, batch: pd.DataFrame) -> int:
+    """The largest B below the spec's (halving) whose one-step sample of `batch`'s first row
+    runs without running out of memory; 0 when none does. Frees the allocator's cache first."""
+    import torch
+
+    from analysis.generation.sampler import SamplingParams, sample
+    from analysis.guidance import resolve_config
+
+    config = resolve_config({c.name: c for c in spec.configs}[batch["config"].iloc[0]])
+    size = spec.batch_size // 2
+    while size >= 1:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        params = SamplingParams(
+            steps=1,
+            guidance_scale=spec.guidance_scale,
+            height=spec.height,
+            width=spec.width,
+            batch_size=size,
+        )
+        try:
+            sample(loaded, [batch["prompt"].iloc[0]], [int(batch["seed"].iloc[0])], config, params)
+            return size
+        except RuntimeError as exc:
+            if "out of memory" not in str(exc).lower():
+                raise
+        size //= 2
+    return 0
 
 
 def _image_files(run: RunDir) -> set[str]:
