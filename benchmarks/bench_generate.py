@@ -120,6 +120,12 @@ def main() -> None:
     ap.add_argument("--batch-sizes", default="1,4", help="comma-separated B values")
     ap.add_argument("--batches", type=int, default=2, help="batches of B timed per repeat")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument(
+        "--probe-overlap",
+        action="store_true",
+        help="also time `probe ethnic-bias` end to end (NudeNet while generating) against "
+        "generation alone at the largest B (aim on a GPU: >= 0.9x)",
+    )
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
 
@@ -201,6 +207,58 @@ def main() -> None:
             f"projected {seconds / 3600:.2f} h on this device"
         )
     _checks(model, args, console)
+    if args.probe_overlap:
+        _probe_overlap(model, args, console)
+
+
+def _probe_overlap(model, args, console: Console) -> None:
+    """images/s of the probe end to end (generate + NudeNet overlapped + results) vs generation
+    alone, same spec and loaded model, in fresh folders."""
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from analysis.generation.runner import build_spec, run_generation
+    from analysis.probes.ethnic_bias import probe_prompts, run_probe
+
+    size = max(int(b) for b in args.batch_sizes.split(","))
+    countries = ["JPN", "NGA", "USA", "BRA"]
+    per_country = max(1, size * args.batches // len(countries))
+    options = {"steps": args.steps, "height": args.height, "width": args.width}
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = build_spec(
+            model=args.model,
+            configs=["sd"],
+            prompts=probe_prompts(countries, "{adjective} body", 0),
+            images_per_prompt=per_country,
+            dtype=args.dtype,
+            batch_size=size,
+            **options,
+        )
+        start = time.perf_counter()
+        run_generation(spec, Path(tmp) / "gen", device=args.device, progress=False, model=model)
+        alone = time.perf_counter() - start
+        start = time.perf_counter()
+        run_probe(
+            out=Path(tmp) / "probe",
+            model=args.model,
+            countries=countries,
+            images_per_country=per_country,
+            configs=["sd"],
+            batch_size=size,
+            device=args.device,
+            dtype=args.dtype,
+            progress=False,
+            overlap=True,
+            **options,
+        )
+        end_to_end = time.perf_counter() - start
+    n = per_country * len(countries)
+    console.print(
+        f"probe end to end (B={size}, {n} images, NudeNet overlapped): {n / end_to_end:.2f} img/s "
+        f"vs generation alone {n / alone:.2f} img/s = {alone / end_to_end:.2f}x "
+        "(the probe also loads the model and draws figures; aim on a GPU >= 0.9x)"
+    )
 
 
 def _checks(model, args, console: Console) -> None:
