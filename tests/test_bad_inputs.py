@@ -68,6 +68,9 @@ class Case:
 GEN = ["generate", "--out", "{tmp}/new", "--steps", "1", "--height", "32", "--width", "32"]
 PROBE = ["probe", "ethnic-bias", "--out", "{tmp}/new", "--countries", "JPN", "--steps", "1"]
 PROMPTS = [*GEN, "--prompts-file"]
+I2P_SET = ["i2p", "run", "--out", "{tmp}/new", "--model", "tiny", "--prompts", "{tmp}/set.csv"]
+ERASE = ["erase", "esd", "--model", "tiny", "--concept", "nudity"]
+QUALITY = ["quality", "generate", "--model", "tiny", "--n", "2", "--out", "{tmp}/new"]
 
 CASES = [
     # prompt files
@@ -465,6 +468,135 @@ CASES = [
         ["i2p", "table", "--out", "{tmp}/o", "--data", "{tmp}/i.csv"],
         "i.csv",
         _write("i.csv", b'prompt,categories\n"open\n'),
+    ),
+    # guardrails, filters, other weights
+    Case(
+        "guardrails-not-a-run", ["guardrails", "{tmp}", "--out", "{tmp}/g"], "not a t2i-audit run"
+    ),
+    Case(
+        "guardrails-unknown-baseline",
+        ["guardrails", "{run}", "--out", "{tmp}/g", "--baseline", "nope"],
+        "no guardrail named 'nope'",
+    ),
+    Case(
+        "guardrails-quality-missing",
+        ["guardrails", "{run}", "--out", "{tmp}/g", "--quality", "{tmp}"],
+        "no results/quality.csv",
+    ),
+    Case(
+        "guardrails-study-missing",
+        ["guardrails", "{run}", "--out", "{tmp}/g", "--study", "{tmp}"],
+        "no preferences.csv",
+    ),
+    Case(
+        "guardrails-terms-empty",
+        ["guardrails", "{run}", "--out", "{tmp}/g", "--text-filter", "{tmp}/t.txt"],
+        "t.txt lists no terms",
+        _write("t.txt", "# only a comment\n\n"),
+    ),
+    Case(
+        "unet-config-no-equals",
+        [*PROBE, "--unet-config", "esd"],
+        "expected NAME=FILE",
+        new_out=True,
+    ),
+    Case(
+        "unet-config-missing-file",
+        [*PROBE, "--unet-config", "esd={tmp}/none.safetensors"],
+        "none.safetensors does not exist",
+        new_out=True,
+    ),
+    Case(
+        "unet-config-unsafe-name",
+        [*PROBE, "--unet-config", "../x={tmp}/w.safetensors"],
+        "'../x' cannot be used as a folder name",
+        _write("w.safetensors", b"x"),
+        new_out=True,
+    ),
+    Case(
+        "filter-checker-missing",
+        [*PROBE, "--config", "sd+filter", "--safety-checker-model", "{tmp}/no-checker"],
+        "no-checker does not exist",
+        new_out=True,
+    ),
+    Case(
+        "classify-checker-missing",
+        [
+            "classify",
+            "{run}",
+            "--classifier",
+            "safety-checker",
+            "--safety-checker-model",
+            "{tmp}/x",
+        ],
+        "safety checker",
+    ),
+    Case(
+        "report-guardrails-missing",
+        ["report", "{run}", "--out", "{tmp}/r.html", "--guardrails", "{tmp}"],
+        "no guardrails.csv",
+    ),
+    # prompt sets beyond I2P
+    Case(
+        "prompt-set-missing",
+        ["i2p", "run", "--out", "{tmp}/new", "--model", "tiny", "--prompts", "{tmp}/none.csv"],
+        "none.csv does not exist",
+        new_out=True,
+    ),
+    Case(
+        "prompt-set-unmapped-column",
+        [*I2P_SET, "--columns", "prompt=text"],
+        "has no column 'text'",
+        _write("set.csv", "prompt,seed,g\na,1,7\n"),
+        new_out=True,
+    ),
+    Case(
+        "prompt-set-seed-not-integer",
+        [*I2P_SET, "--columns", "prompt=prompt,seed=seed"],
+        "seed column 'seed' row 1",
+        _write("set.csv", "prompt,seed,g\na,1.5,7\n"),
+        new_out=True,
+    ),
+    Case(
+        "prompt-set-guidance-not-finite",
+        [*I2P_SET, "--columns", "prompt=prompt,guidance=g"],
+        "guidance column 'g' row 1",
+        _write("set.csv", "prompt,seed,g\na,1,inf\n"),
+        new_out=True,
+    ),
+    Case(
+        "prompt-set-columns-without-file",
+        ["i2p", "run", "--out", "{tmp}/new", "--model", "tiny", "--columns", "prompt=text"],
+        "give --prompts too",
+        new_out=True,
+    ),
+    Case(
+        "text-filter-terms-missing",
+        ["i2p", "text-filter", "--out", "{tmp}/tf", "--terms", "{tmp}/none.txt"],
+        "none.txt does not exist",
+    ),
+    # ESD, quality, user study
+    Case(
+        "erase-unknown-method",
+        [*ERASE, "--method", "esd-z", "--out", "{tmp}/e.safetensors"],
+        "'esd-z' is unknown",
+    ),
+    Case("erase-not-safetensors", [*ERASE, "--out", "{tmp}/e.pt"], "must end in .safetensors"),
+    Case(
+        "quality-captions-missing",
+        [*QUALITY, "--captions", "{tmp}/none.json"],
+        "none.json does not exist",
+        new_out=True,
+    ),
+    Case(
+        "quality-score-not-a-quality-run",
+        ["quality", "score", "{run}", "--reference", "{tmp}"],
+        "is not a quality run",
+    ),
+    Case(
+        "study-unknown-config",
+        ["study", "make", "{run}", "--pair", "sd:nope", "--out", "{tmp}/study"],
+        "config 'nope' is not in run",
     ),
 ]
 

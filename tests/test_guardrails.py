@@ -368,3 +368,19 @@ def test_probe_cli_image_filter_arm_from_the_safety_checker(tmp_path, capsys) ->
     assert table.loc["sd+filter", "block_n"] == 4
     assert table.loc["sd+filter", "block_rate"] == pytest.approx(blocked.astype(bool).mean())
     assert table.loc["sd+filter", "family"] == "image filter"
+
+
+def test_readable_table_says_how_many_images_lack_a_verdict() -> None:
+    table = pd.DataFrame(
+        {
+            "guardrail": ["sd", "sld-max"],
+            "family": ["baseline", "guidance"],
+            "probe_rate": [0.5, 0.25],
+            "probe_ci_low": [0.2, 0.05],
+            "probe_ci_high": [0.8, 0.6],
+            "probe_n_missing": [0, 3],
+        }
+    )
+    readable = readable_table(table)
+    assert list(readable["Images without verdict"]) == ["0 probe", "3 probe"]
+    assert "Images without verdict" not in readable_table(table.assign(probe_n_missing=0))

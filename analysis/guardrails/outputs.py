@@ -49,7 +49,8 @@ def _fmt(value: Any, kind: str) -> str:
 
 
 def readable_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Guardrail, family, then 'value [low, high]' per measured column (empty columns left out)."""
+    """Guardrail, family, then 'value [low, high]' per measured column (empty columns left out),
+    and how many images have no verdict yet when any lack one (the numbers are not final)."""
     out = pd.DataFrame({"Guardrail": table["guardrail"], "Kind": table["family"]})
     for label, (value, low, high), kind in READABLE:
         if value not in table or table[value].isna().all():
@@ -61,6 +62,12 @@ def readable_table(table: pd.DataFrame) -> pd.DataFrame:
                 cell += f" [{_fmt(r[low], kind)}, {_fmt(r[high], kind)}]"
             cells.append(cell)
         out[label] = cells
+    missing = [c for c in ("probe_n_missing", "i2p_n_missing") if c in table]
+    if any(table[c].fillna(0).gt(0).any() for c in missing):  # not final: say how much is open
+        out["Images without verdict"] = [
+            " / ".join(f"{int(r[c])} {c.split('_')[0]}" for c in missing if not pd.isna(r[c]))
+            for r in table.to_dict("records")
+        ]
     return out
 
 

@@ -29,7 +29,10 @@ def parse_unet_configs(values: list[str]) -> dict[str, Path]:
             raise AuditError(
                 f"--unet-config {value!r}: expected NAME=FILE, e.g. esd=unets/esd.safetensors"
             )
-        check_safe_name(name, "--unet-config name")
+        try:
+            check_safe_name(name, "--unet-config name")
+        except ValueError as exc:  # the store's rule, said as a user error
+            raise AuditError(str(exc)) from None
         if name in out:
             raise AuditError(f"--unet-config: the name {name!r} is given twice")
         if not Path(file).exists():

@@ -76,9 +76,7 @@ def load_prompt_set(
         frame[column] = np.nan
     frame["sd_seed"] = _integers(raw, columns.get("seed"), seed, path)
     frame["sd_guidance_scale"] = (
-        pd.to_numeric(raw[columns["guidance"]], errors="raise").astype(float)
-        if "guidance" in columns
-        else DEFAULT_GUIDANCE
+        _guidance(raw, columns["guidance"], path) if "guidance" in columns else DEFAULT_GUIDANCE
     )
     frame["sd_image_width"] = frame["sd_image_height"] = 512
     if "id" in columns:
@@ -94,14 +92,28 @@ def load_prompt_set(
     return I2PDataset(frame=frame, source=source, path=path, sha256=digest)
 
 
+def _guidance(raw: pd.DataFrame, column: str, path: Path) -> pd.Series:
+    """A guidance column as floats; a blank, non-numeric, non-finite or negative cell is named."""
+    values = pd.to_numeric(raw[column], errors="coerce").astype(float)
+    bad = ~np.isfinite(values) | (values < 0)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise AuditError(
+            f"prompt set {path}: guidance column {column!r} row {row + 1} is not a finite "
+            f"non-negative number ({str(raw[column].iloc[row])!r})"
+        )
+    return values
+
+
 def _integers(raw: pd.DataFrame, column: str | None, seed: int, path: Path) -> pd.Series:
     if column is None:
         return pd.Series(seed + np.arange(len(raw)), dtype="int64")
     values = pd.to_numeric(raw[column], errors="coerce")
-    if values.isna().any() or (values % 1 != 0).any() or (values < 0).any():
-        row = int(np.flatnonzero(values.isna() | (values % 1 != 0) | (values < 0))[0])
+    bad = values.isna() | (values % 1 != 0) | (values < 0) | (values >= 2.0**63)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
         raise AuditError(
             f"prompt set {path}: seed column {column!r} row {row + 1} is not a non-negative "
-            f"integer ({raw[column].iloc[row]!r})"
+            f"integer ({str(raw[column].iloc[row])!r})"
         )
     return values.astype("int64")
