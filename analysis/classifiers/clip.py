@@ -49,6 +49,17 @@ class ClipBundle:
         return _normalise(out if isinstance(out, torch.Tensor) else out.pooler_output)
 
 
+#: the vision tower of every tiny random-weight CLIP built in code (Q16, the safety checker)
+TINY_VISION = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_attention_heads": 4,
+    "num_hidden_layers": 2,
+    "image_size": 32,
+    "patch_size": 8,
+}
+
+
 def _normalise(x: torch.Tensor) -> np.ndarray:
     x = x.float()
     return (x / x.norm(dim=-1, keepdim=True)).cpu().numpy()
@@ -73,14 +84,7 @@ def tiny_clip(seed: int = 0) -> ClipBundle:
             "eos_token_id": 513,
             "pad_token_id": 513,
         },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_attention_heads": 4,
-            "num_hidden_layers": 2,
-            "image_size": 32,
-            "patch_size": 8,
-        },
+        vision_config=TINY_VISION,
         projection_dim=32,
     )
     with torch.random.fork_rng(devices=[]):

@@ -148,16 +148,11 @@ def tiny_checker(seed: int = 0) -> Any:
     from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
     from transformers import CLIPConfig
 
+    from analysis.classifiers.clip import TINY_VISION
+
     config = CLIPConfig(
         text_config={"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4},
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_attention_heads": 4,
-            "num_hidden_layers": 2,
-            "image_size": 32,
-            "patch_size": 8,
-        },
+        vision_config=TINY_VISION,
         projection_dim=32,
     )
     with torch.random.fork_rng(devices=[]):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,8 @@ def compare_guardrails(
     runs: list[Path],
     out: Path,
     *,
-    quality: list[Path] = (),  # type: ignore[assignment]
-    studies: list[Path] = (),  # type: ignore[assignment]
+    quality: Sequence[Path] = (),
+    studies: Sequence[Path] = (),
     baseline: str = "sd",
     seed: int = 0,
     probe_rule: str | None = None,

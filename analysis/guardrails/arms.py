@@ -47,9 +47,9 @@ class Arm:
         return self.config.removesuffix(TEXT_FILTER_SUFFIX).removesuffix(FILTER_SUFFIX)
 
 
-def run_part(run: Path) -> str:
+def run_part(run: Path, spec: dict | None = None) -> str:
     """'probe' or 'i2p' from the manifest (what `probe ethnic-bias` / `i2p run` recorded)."""
-    extra = RunDir(run).read_manifest().get("spec", {}).get("extra", {})
+    extra = (_spec(run) if spec is None else spec).get("extra", {})
     if "i2p_data" in extra:
         return "i2p"
     if "probe" in extra:
@@ -57,15 +57,19 @@ def run_part(run: Path) -> str:
     raise AuditError(f"{run} is neither a probe nor an I2P run (its manifest names neither)")
 
 
-def model_label(run: Path) -> tuple[str, dict | None]:
+def model_label(run: Path, spec: dict | None = None) -> tuple[str, dict | None]:
     """The model of a run as a reader names it: the hub id/folder, plus `+<unet file>` when a
     UNet was swapped in; and that file's training recipe when it records one (ESD)."""
-    spec = RunDir(run).read_manifest().get("spec", {})
+    spec = _spec(run) if spec is None else spec
     label = str(spec.get("model", "?"))
     unet = spec.get("unet")
     if not unet:
         return label, None
     return f"{label}+{Path(str(unet)).name}", _recipe(Path(str(unet)))
+
+
+def _spec(run: Path) -> dict:
+    return RunDir(run).read_manifest().get("spec", {})
 
 
 def _recipe(path: Path) -> dict | None:
@@ -106,13 +110,13 @@ def arms_of(
     base_model = None
     for run in runs:
         run = Path(run)
-        kind = run_part(run)
+        spec = _spec(run)  # the manifest, read once per run
+        kind = run_part(run, spec)
         if part is not None and kind != part:
             continue
-        label, recipe = model_label(run)
+        label, recipe = model_label(run, spec)
         label = (labels or {}).get(str(run), label)  # e.g. `--unet-config esd=FILE` names it
         base_model = base_model or label
-        spec = RunDir(run).read_manifest().get("spec", {})
         configs = [str(c["name"]) for c in spec.get("configs", []) if "name" in c]
         swapped = bool(spec.get("unet"))
         filtered = _has_scores(run, "safety-checker")

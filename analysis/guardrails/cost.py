@@ -8,6 +8,7 @@ are joined; the rest are reported, never silently dropped.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -75,8 +76,8 @@ def study_rows(folder: Path, baseline: str) -> pd.DataFrame:
 
 def join_costs(
     table: pd.DataFrame,
-    quality_runs: list[Path] = (),  # type: ignore[assignment]
-    studies: list[Path] = (),  # type: ignore[assignment]
+    quality_runs: Sequence[Path] = (),
+    studies: Sequence[Path] = (),
     baseline: str = "sd",
 ) -> tuple[pd.DataFrame, list[str]]:
     """The table with COST_COLUMNS filled where known; notes name rows that matched nothing."""

@@ -38,31 +38,33 @@ CONVENTIONS = {
 }
 
 
-def arm_verdicts(arm: Arm, rules: dict[str, str | None] | None = None) -> pd.DataFrame:
+def arm_verdicts(
+    arm: Arm, rules: dict[str, str | None] | None = None, cache: dict | None = None
+) -> pd.DataFrame:
     """PAIR_KEY + verdict (nullable boolean) + blocked (image filter arms) for one arm.
 
     `rules` maps part -> NudeNet rule: the probe's defaults to the one its results used, I2P's
-    to the I2P authors' (Q16 OR NudeNet).
+    to the I2P authors' (Q16 OR NudeNet). `cache` (one dict per table) keeps a run's verdicts
+    and safety-checker scores, which every arm of that run shares, from being read again.
     """
+    cache = {} if cache is None else cache
     rule = (rules or {}).get(arm.part)
-    if arm.part == "probe":
-        from analysis.classifiers import load_verdicts
-
-        table = load_verdicts(arm.run, "nudenet", rule or recorded_probe_rule(arm.run))
-    else:
-        from analysis.i2p.table import run_verdicts
-
-        table = run_verdicts(arm.run, *([rule] if rule else []))
+    key = (str(arm.run), arm.part, rule)
+    if key not in cache:
+        cache[key] = _run_verdicts(arm.run, arm.part, rule)
+    table = cache[key]
     table = table[table["config"] == arm.source_config]
     out = table[["item_id", *PAIR_KEY, "prompt", "verdict"]].copy()
     out["nude"] = out["verdict"]
     out["blocked"] = pd.array([pd.NA] * len(out), dtype="boolean")
     if arm.is_filter:
-        from analysis.classifiers.run import read_scores
-        from analysis.classifiers.safety_checker import filter_verdicts
+        checker_key = (str(arm.run), "safety-checker")
+        if checker_key not in cache:
+            from analysis.classifiers.run import read_scores
+            from analysis.classifiers.safety_checker import filter_verdicts
 
-        blocked = filter_verdicts(read_scores(_rundir(arm.run), "safety-checker"))
-        out["blocked"] = out["item_id"].map(blocked).astype("boolean").to_numpy()
+            cache[checker_key] = filter_verdicts(read_scores(_rundir(arm.run), "safety-checker"))
+        out["blocked"] = out["item_id"].map(cache[checker_key]).astype("boolean").to_numpy()
     if arm.is_text_filter:
         from analysis.i2p.text_filter import text_filter
 
@@ -71,6 +73,17 @@ def arm_verdicts(arm: Arm, rules: dict[str, str | None] | None = None) -> pd.Dat
     if arm.is_filter or arm.is_text_filter:
         out["verdict"] = out["nude"] & ~out["blocked"]  # what still reaches the user
     return out.reset_index(drop=True)
+
+
+def _run_verdicts(run: Path, part: str, rule: str | None) -> pd.DataFrame:
+    """Every image verdict of a run: NudeNet's rule for a probe, Q16 OR NudeNet for I2P."""
+    if part == "probe":
+        from analysis.classifiers import load_verdicts
+
+        return load_verdicts(run, "nudenet", rule or recorded_probe_rule(run))
+    from analysis.i2p.table import run_verdicts
+
+    return run_verdicts(run, *([rule] if rule else []))
 
 
 def _rundir(run: Path) -> Any:
@@ -98,14 +111,15 @@ def guardrail_table(
     """One row per arm (probe and I2P columns side by side when both parts ran); the change
     columns are against `baseline` (default: the arm named 'sd') of the same part."""
     rows: dict[str, dict[str, Any]] = {}
+    cache: dict = {}  # a run's verdicts, read once for all of its arms
     for part in ("probe", "i2p"):
         part_arms = [a for a in arms if a.part == part]
         if not part_arms:
             continue
         base = _baseline(part_arms, baseline)
-        base_v = arm_verdicts(base, rules)
+        base_v = arm_verdicts(base, rules, cache)
         for arm in part_arms:
-            v = base_v if arm is base else arm_verdicts(arm, rules)
+            v = base_v if arm is base else arm_verdicts(arm, rules, cache)
             row = rows.setdefault(arm.name, _identity(arm))
             row.update(_part_columns(part, v, base_v, arm is base, seed))
             if arm.is_filter or arm.is_text_filter:
