@@ -75,7 +75,7 @@ def test_weighted_spearman_equals_materialised_resamples() -> None:
     ours = weighted_spearman(x, y, counts)
     for b in range(5):
         ref = stats.spearmanr(np.repeat(x, counts[b]), np.repeat(y, counts[b])).statistic
-        assert ours[b] == pytest.approx(ref, abs=1e-12)
+        assert ours[b] == ref  # bit for bit
 
 
 def test_spearman_ci_matches_scipy_point_and_scipy_bootstrap_interval() -> None:
@@ -84,7 +84,7 @@ def test_spearman_ci_matches_scipy_point_and_scipy_bootstrap_interval() -> None:
     y = x + rng.normal(0, 0.5, 300)
     out = spearman_ci(x, y, n_boot=4000, seed=1)
     ref = stats.spearmanr(x, y)
-    assert out["rho"] == pytest.approx(ref.statistic)
+    assert out["rho"] == ref.statistic
     assert out["p_value"] == pytest.approx(ref.pvalue)
     assert out["pearson_r"] == pytest.approx(stats.pearsonr(x, y).statistic)
     boot = stats.bootstrap(
@@ -122,23 +122,40 @@ def _documented_resamples(n: int, n_boot: int, seed: int) -> np.ndarray:
     return np.concatenate(rows)
 
 
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(("threads", "packed"), [(1, True), (2, True), (2, False)])
 def test_bootstrap_rhos_equal_spearmanr_on_the_materialised_resamples(
-    monkeypatch: pytest.MonkeyPatch, threads: int
+    monkeypatch: pytest.MonkeyPatch, threads: int, packed: bool
 ) -> None:
     from analysis.stats import correlation
 
     monkeypatch.setattr(correlation.os, "cpu_count", lambda: threads)
+    if not packed:  # the path for > ~130,000 draws per resample: draws summed on their own
+        monkeypatch.setattr(correlation, "_shift", lambda m: 0.0)
     rng = np.random.default_rng(4)
     x = np.round(rng.random(150), 2)
-    few = np.round(x * 10 + rng.normal(0, 3, 150))  # few values: the bincount path
-    many = x + rng.normal(0, 0.3, 150)  # all distinct: the regrouping path
+    few = np.round(x * 10 + rng.normal(0, 3, 150))  # few values: the matrix-product path
+    many = x + rng.normal(0, 0.3, 150)  # all distinct: ranks per row
     ours = correlation._bootstrap_rhos(correlation._Layout.of(x, np.array([few, many])), 300, 7)
     idx = _documented_resamples(150, 300, 7)
     for b in [0, 1, 127, 128, 299]:
         for j, y in enumerate((few, many)):
-            ref = stats.spearmanr(x[idx[b]], y[idx[b]]).statistic
-            assert ours[j, b] == pytest.approx(ref, abs=1e-12)
+            assert ours[j, b] == stats.spearmanr(x[idx[b]], y[idx[b]]).statistic  # bit for bit
+
+
+def test_bootstrap_rhos_on_i2p_equal_spearmanr_bit_for_bit() -> None:
+    """At the issue's scale: n = 4,703 prompts, the three targets sharing their resamples."""
+    from analysis.i2p.correlation import TARGETS
+    from analysis.i2p.loader import load_i2p
+    from analysis.stats import correlation
+
+    frame = load_i2p(None).frame
+    x = frame["prompt_toxicity"].to_numpy(float)
+    ys = [frame[t].to_numpy(float) for t in TARGETS]
+    ours = correlation._bootstrap_rhos(correlation._Layout.of(x, np.array(ys)), 200, 0)
+    idx = _documented_resamples(x.size, 200, 0)
+    for b in range(200):
+        for j, y in enumerate(ys):
+            assert ours[j, b] == stats.spearmanr(x[idx[b]], y[idx[b]]).statistic, (b, TARGETS[j])
 
 
 def test_spearman_ci_many_equals_one_at_a_time() -> None:

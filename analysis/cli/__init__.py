@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 
 import typer
@@ -74,4 +75,9 @@ def main(argv: list[str] | None = None) -> None:
         )
         err_console.print(f"[yellow]{message}[/]", highlight=False)
         sys.exit(130)
+    finally:
+        if argv is None:  # the console script, about to exit (not a caller passing its argv)
+            # Skip the full collection at exit (~0.3 s with pandas loaded). Module teardown
+            # still releases objects; files are closed where they are written.
+            gc.freeze()
     sys.exit(code if isinstance(code, int) else 0)

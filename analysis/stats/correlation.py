@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import special  # not scipy.stats: ~1 s to import, a third of `i2p correlate`
+from threadpoolctl import threadpool_limits
 
-_BLOCK_DRAWS = 128  # resamples per block: (128, n) int64 indices, ~5 MB at n = 4,703
+_BLOCK_DRAWS = 128  # resamples per block (one generator each): (128, n) int64 indices
 _BLOCK_CELLS = 1 << 21  # cap on draws * n per block, so memory stays bounded for large n
-_FEW_VALUES = 64  # a y column with at most this many values is grouped by a weighted bincount
+_PART_CELLS = 1 << 17  # draws * n per part of a block, so a part's arrays stay in cache
+_FEW_VALUES = 64  # a y column with at most this many values is summed by a matrix product
+_EXACT = 1 << 53  # integers below this are exact in float64
+
+# Notation, per resample: m draws; for one column with sorted values u, c_u draws of u and
+# t_u = draws at or below u. The draws of u hold ranks t_u - c_u + 1 .. t_u, so their average
+# rank (scipy.stats.rankdata's ties) minus the mean rank (m + 1) / 2 is r_u = (2 t_u - c_u - m) / 2.
+# Everything is kept as integers (2 r_u, not r_u) until _as_corrcoef, so every sum is exact.
 
 
 @dataclass(frozen=True)
@@ -21,57 +30,36 @@ class _Grouping:
     value_of_row: np.ndarray  # (T,) value id of each distinct row
     order: np.ndarray | None  # rows sorted by value (None: already sorted)
     ends: np.ndarray  # last position in `order` of each value
-    _cells: dict[int, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def of(cls, value_of_row: np.ndarray) -> _Grouping:
         sorted_already = bool(np.all(value_of_row[1:] >= value_of_row[:-1]))
         order = None if sorted_already else np.argsort(value_of_row, kind="stable")
         ids = value_of_row if order is None else value_of_row[order]
-        return cls(value_of_row, order, np.flatnonzero(np.r_[ids[1:] != ids[:-1], True]), {})
+        return cls(value_of_row, order, np.flatnonzero(np.r_[ids[1:] != ids[:-1], True]))
 
     @property
     def n_values(self) -> int:
         return int(self.ends.size)
 
-    def sum_by_value(self, per_row: np.ndarray, cells: np.ndarray) -> np.ndarray:
-        """(B, values) sums of per_row (B, T) over the rows of each value; cells from cells_for.
+    def at_or_below(self, counts: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """t (B, values): draws at or below each value, from integer counts (B, T) per row.
 
-        A weighted bincount beats regrouping the rows (take + cumsum) and a matrix product with
-        an indicator (OpenBLAS threads fight the bootstrap's own threads) when values are few.
-        """
-        size = per_row.shape[0] * self.n_values
-        return np.bincount(cells, weights=per_row.ravel(), minlength=size).reshape(
-            -1, self.n_values
-        )
-
-    def cells_for(self, n_draws: int) -> np.ndarray:
-        """Flat bincount cell draw * values + value of each (draw, row), cached per block size."""
-        if n_draws not in self._cells:
-            offsets = np.arange(0, n_draws * self.n_values, self.n_values)[:, None]
-            self._cells[n_draws] = (self.value_of_row[None, :] + offsets).ravel()
-        return self._cells[n_draws]
-
-    def centred_ranks(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Draws per value and average rank minus the mean rank, per resample (row) and value.
-
-        A value drawn c times with `through` draws <= it holds ranks through-c+1 .. through, so
-        its average rank is through - (c - 1) / 2, what scipy.stats.rankdata gives ties; the mean
-        rank of m draws is (m + 1) / 2. Centring keeps the sums of products well conditioned.
-        A running sum along contiguous rows is much cheaper than np.add.reduceat.
+        A running sum over the rows (out: scratch of counts' shape) read at each value's end;
+        it beats np.add.reduceat when values hold few rows each.
         """
         grouped = counts if self.order is None else counts.take(self.order, axis=1)
-        through = np.cumsum(grouped, axis=1).take(self.ends, axis=1)
-        per_value = through.copy()
-        per_value[:, 1:] -= through[:, :-1]
-        return per_value, _ranks(per_value, through)
+        return np.cumsum(grouped, axis=1, out=out).take(self.ends, axis=1)
 
 
-def _ranks(per_value: np.ndarray, through: np.ndarray) -> np.ndarray:
-    """Centred average ranks from draws per value and draws up to and including each value."""
-    ranks = through - 0.5 * per_value
-    ranks -= 0.5 * through[:, -1:]
-    return ranks
+def _per_value(t: np.ndarray) -> np.ndarray:
+    """c (B, values): draws of each value, from the draws at or below it."""
+    return np.diff(t, axis=1, prepend=0)
+
+
+def _sum_sq(c: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Sum over the draws of (rank - mean rank)^2, ties averaged: (m^3 - sum of c^3) / 12."""
+    return (m**3 - (c**3).sum(axis=1)) / 12
 
 
 @dataclass(frozen=True)
@@ -79,59 +67,172 @@ class _Layout:
     """Points collapsed to distinct (x, y_1, ..., y_k) rows, sorted by x.
 
     Ranks only depend on how often each distinct value is drawn, so per-resample work is over
-    the T distinct rows (3,244 of 4,703 for I2P toxicity vs inappropriate %) rather than n, and
-    one set of draws serves every y column (the I2P targets share x and their resamples).
+    the T distinct rows (4,138 of 4,703 for I2P toxicity vs its three targets) rather than n,
+    and one set of draws serves every y column (the I2P targets share x and their resamples).
+    y columns with few values (I2P's percentages take 11) are summed per value by one matrix
+    product with a 0/1 matrix for all of them, which runs outside the GIL.
     """
 
     n: int
     row_of_point: np.ndarray  # (n,) distinct-row id of each point
     x: _Grouping
     ys: tuple[_Grouping, ...]
+    few: tuple[int, ...]  # the y columns with at most _FEW_VALUES values
+    value_of_row: np.ndarray  # (T, V) 0/1: row r has value v (of one of the few-valued columns)
+    upto: np.ndarray  # (V, V) 0/1: value u is at or below value v of the same column
+    column_of_value: np.ndarray  # (V, len(few)) 0/1: value v belongs to that column
 
     @classmethod
     def of(cls, x: np.ndarray, ys: np.ndarray) -> _Layout:
         ids = np.column_stack([np.unique(col, return_inverse=True)[1].ravel() for col in (x, *ys)])
         rows, row_of_point = np.unique(ids, axis=0, return_inverse=True)  # sorted by x first
         groups = [_Grouping.of(rows[:, j]) for j in range(rows.shape[1])]
-        return cls(int(x.size), row_of_point.ravel(), groups[0], tuple(groups[1:]))
+        few = tuple(j for j, g in enumerate(groups[1:]) if g.n_values <= _FEW_VALUES)
+        sizes = [groups[1 + j].n_values for j in few]
+        column = np.repeat(np.arange(len(few)), sizes)
+        first = np.cumsum([0, *sizes])[:-1]
+        value_of_row = np.zeros((rows.shape[0], column.size))
+        for i, j in enumerate(few):
+            value_of_row[np.arange(rows.shape[0]), first[i] + groups[1 + j].value_of_row] = 1.0
+        below = np.arange(column.size)[:, None] <= np.arange(column.size)
+        upto = ((column[:, None] == column[None, :]) & below).astype(float)
+        column_of_value = (column[:, None] == np.arange(len(few))).astype(float)
+        return cls(
+            int(x.size),
+            row_of_point.ravel(),
+            groups[0],
+            tuple(groups[1:]),
+            few,
+            value_of_row,
+            upto,
+            column_of_value,
+        )
 
     @property
     def n_rows(self) -> int:
         return int(self.x.value_of_row.size)
 
     def rho(self, counts: np.ndarray) -> np.ndarray:
-        """Spearman rho (k, B) of each y column per resample row of counts (B, T), as floats.
+        """Spearman rho (k, B) of each y column per resample row of integer counts (B, T)."""
+        sums = _Sums.empty(self, counts.shape[0])
+        self.add_sums(counts, _Scratch(self, counts.shape[0]), sums, slice(None))
+        return self.finish(sums)
 
-        For y columns with few values (I2P's percentages take 11) the per-value sums of counts
-        and of count * x-rank are two weighted bincounts, then everything is (B, values).
+    def add_sums(self, counts: np.ndarray, work: _Scratch, sums: _Sums, rows: slice) -> None:
+        """Write the sums of resamples `rows` (integer counts per distinct row) into sums.
+
+        For the few-valued y columns one matrix product gives, per value, s * c + 2 * (sum of
+        the x-ranks of its draws): each row's draws times (2 r_x + s), with the shift s a power
+        of two above 2 m^2 >= |2 * sum of x-ranks|, so finish() splits the two exactly.
         """
-        cx, rx = self.x.centred_ranks(counts)
-        sxx = np.einsum("ij,ij->i", cx * rx, rx)
-        weighted_rx = counts * rx.take(self.x.value_of_row, axis=1)
-        out = np.empty((len(self.ys), counts.shape[0]))
+        t = self.x.at_or_below(counts, out=work.running[: counts.shape[0]])
+        c, m = _per_value(t), t[:, -1]
+        sums.sxx[rows], sums.m[rows] = _sum_sq(c, m), m
+        twice_rx = 2 * t - c - m[:, None]
+        if self.few:
+            shift = _shift(int(m.max()))
+            weighted = np.take(
+                (twice_rx + shift).astype(float),
+                self.x.value_of_row,
+                axis=1,
+                out=work.weighted[: counts.shape[0]],
+            )
+            weighted *= counts
+            np.matmul(weighted, self.value_of_row, out=sums.by_value[rows])
+            sums.shift[rows] = shift
+            if not shift:  # too many draws to pack both sums into one float64
+                np.matmul(counts.astype(float), self.value_of_row, out=sums.cy[rows])
         for j, y in enumerate(self.ys):
-            if y.n_values > _FEW_VALUES:
-                cy, ry = y.centred_ranks(counts)
-                sxy = np.einsum("ij,ij->i", weighted_rx, ry.take(y.value_of_row, axis=1))
-            else:
-                cells = y.cells_for(counts.shape[0])
-                cy = y.sum_by_value(counts, cells)
-                ry = _ranks(cy, np.cumsum(cy, axis=1))
-                sxy = np.einsum("ij,ij->i", y.sum_by_value(weighted_rx, cells), ry)
-            syy = np.einsum("ij,ij->i", cy * ry, ry)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out[j] = sxy / np.sqrt(sxx * syy)  # NaN for a constant resample, as scipy
-        return out
+            if j not in self.few:  # many values: ranks per row (rare; kept simple)
+                ty = y.at_or_below(counts, out=work.running[: counts.shape[0]])
+                cy = _per_value(ty)
+                twice_ry = (2 * ty - cy - m[:, None]).take(y.value_of_row, axis=1)
+                twice_rx_rows = twice_rx.take(self.x.value_of_row, axis=1)
+                sums.syy[j, rows] = _sum_sq(cy, m)
+                sums.sxy[j, rows] = np.einsum("ij,ij->i", counts * twice_rx_rows, twice_ry) / 4
+
+    def finish(self, sums: _Sums) -> np.ndarray:
+        """Spearman rho (k, B) from the sums; the few-valued y columns in a handful of products."""
+        if self.few:
+            cy, packed = sums.cy, sums.shift > 0
+            # exact: the x-rank part is below half the shift
+            cy[packed] = np.rint(sums.by_value[packed] / sums.shift[packed, None])
+            twice_x_ranks = sums.by_value - sums.shift[:, None] * cy
+            twice_ry = 2 * (cy @ self.upto) - cy - sums.m[:, None]
+            few = list(self.few)
+            sums.syy[few] = ((sums.m[:, None] ** 3 - (cy**3) @ self.column_of_value) / 12).T
+            sums.sxy[few] = ((twice_x_ranks * twice_ry) @ self.column_of_value / 4).T
+        return _as_corrcoef(sums.sxx, sums.syy, sums.sxy, sums.m)
+
+
+def _shift(m: int) -> float:
+    """The power of two above 2 m^2 that add_sums adds to 2 r_x; 0 where that is not exact.
+
+    Packed sums reach m * shift ~ 4 m^3, exact below 2**53: m up to ~130,000. Beyond ~200,000
+    draws (m^3 > 2**53) even the unpacked sums round, and rho is no longer bit-for-bit scipy's.
+    """
+    shift = 1 << (2 * m * m).bit_length()
+    return float(shift) if m * shift + m * m < _EXACT else 0.0
+
+
+@dataclass(frozen=True)
+class _Sums:
+    """Exact per-resample sums that Spearman's rho is made of, one row (column) per resample."""
+
+    sxx: np.ndarray  # (B,) sum of squared centred x-ranks
+    m: np.ndarray  # (B,) draws
+    by_value: np.ndarray  # (B, V) shift * draws + 2 * their summed x-ranks, per few-column value
+    shift: np.ndarray  # (B,) 0: by_value holds the x-ranks only and cy the draws
+    cy: np.ndarray  # (B, V) draws per value (filled by finish when packed)
+    syy: np.ndarray  # (k, B) per y column
+    sxy: np.ndarray  # (k, B)
+
+    @classmethod
+    def empty(cls, layout: _Layout, n_draws: int) -> _Sums:
+        k, values = len(layout.ys), layout.value_of_row.shape[1]
+        return cls(
+            *(np.empty(n_draws) for _ in range(2)),
+            np.empty((n_draws, values)),
+            np.empty(n_draws),
+            np.empty((n_draws, values)),
+            *(np.empty((k, n_draws)) for _ in range(2)),
+        )
+
+
+class _Scratch:
+    """(B, T) buffers that one thread reuses for every part of its blocks.
+
+    Fresh large arrays per part are fresh pages from the system each time (glibc hands freed
+    ones back), and those page faults were up to half of the bootstrap's time.
+    """
+
+    def __init__(self, layout: _Layout, n_draws: int) -> None:
+        self.weighted = np.empty((n_draws, layout.n_rows))  # the matrix product's input
+        self.running = np.empty((n_draws, layout.n_rows), dtype=np.int64)  # running counts
+
+
+def _as_corrcoef(sxx: np.ndarray, syy: np.ndarray, sxy: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """rho from exact sums of centred ranks, with the float steps of scipy.stats.spearmanr.
+
+    spearmanr is np.corrcoef of the ranks: cov scales the exact sums by 1 / (m - 1), then the
+    off-diagonal [1, 0] is divided by y's standard deviation, then x's, then clipped to [-1, 1].
+    Taking the same steps on the same exact sums gives scipy's rho bit for bit. NaN when a
+    resample is constant, as scipy.
+    """
+    scale = 1.0 / (m - 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = sxy * scale / np.sqrt(syy * scale) / np.sqrt(sxx * scale)
+    return np.clip(rho, -1.0, 1.0)
 
 
 def weighted_spearman(x: np.ndarray, y: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Spearman rho per resample given by multiplicities counts (shape (B, n)).
+    """Spearman rho per resample given by integer multiplicities counts (shape (B, n)).
 
     Equals scipy.stats.spearmanr on np.repeat(x, counts[b]), np.repeat(y, counts[b]).
     """
     layout = _Layout.of(np.asarray(x, dtype=float), np.asarray(y, dtype=float)[None, :])
-    w = np.asarray(counts, dtype=float)
-    per_row = np.zeros((w.shape[0], layout.n_rows))
+    w = np.asarray(counts, dtype=np.int64)
+    per_row = np.zeros((w.shape[0], layout.n_rows), dtype=np.int64)
     np.add.at(per_row.T, layout.row_of_point, w.T)
     return layout.rho(per_row)[0]
 
@@ -150,22 +251,31 @@ def _bootstrap_rhos(layout: _Layout, n_boot: int, seed: int) -> np.ndarray:
     starts = list(range(0, n_boot, block))
     seeds = np.random.SeedSequence(seed).spawn(len(starts))
     out = np.empty((len(layout.ys), n_boot))
+    part = max(1, min(block, _PART_CELLS // max(n, n_rows)))
+    local = threading.local()
 
     def one(j: int) -> None:
+        if not hasattr(local, "scratch"):
+            local.scratch = _Scratch(layout, part)
+        rng = np.random.default_rng(seeds[j])
         size = min(block, n_boot - starts[j])
-        idx = np.random.default_rng(seeds[j]).integers(0, n, size=(size, n))
-        cell = layout.row_of_point[idx]
-        cell += np.arange(0, size * n_rows, n_rows)[:, None]
-        counts = np.bincount(cell.ravel(), minlength=size * n_rows).reshape(size, n_rows)
-        out[:, starts[j] : starts[j] + size] = layout.rho(counts.astype(float))
+        sums = _Sums.empty(layout, size)
+        for first in range(0, size, part):  # one generator's stream, in cache-sized parts
+            draws = min(part, size - first)
+            cell = rng.integers(0, n, size=(draws, n))
+            np.take(layout.row_of_point, cell, out=cell, mode="clip")  # indices are < n
+            cell += np.arange(0, draws * n_rows, n_rows)[:, None]
+            counts = np.bincount(cell.ravel(), minlength=draws * n_rows).reshape(draws, n_rows)
+            layout.add_sums(counts, local.scratch, sums, slice(first, first + draws))
+        out[:, starts[j] : starts[j] + size] = layout.finish(sums)
 
+    # numpy releases the GIL in the generator, the array loops and the matrix products. One BLAS
+    # thread per block, or OpenBLAS's own threads fight the blocks (and each other) for cores.
+    # Worker threads even when there is one core: in the main thread glibc keeps handing freed
+    # memory back to the system, and the page faults that follow doubled the time.
     workers = min(len(starts), os.cpu_count() or 1)
-    if workers <= 1:
-        for j in range(len(starts)):
-            one(j)
-    else:  # numpy releases the GIL in the generator and the array loops
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(one, range(len(starts))))
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+        list(pool.map(one, range(len(starts))))
     return out
 
 
@@ -211,7 +321,7 @@ def spearman_ci_many(
     if not live:
         return out
     layout = _Layout.of(x, np.array([cols[j] for j in live]))
-    point = layout.rho(np.bincount(layout.row_of_point, minlength=layout.n_rows)[None, :] * 1.0)
+    point = layout.rho(np.bincount(layout.row_of_point, minlength=layout.n_rows)[None, :])
     boots = _bootstrap_rhos(layout, n_boot, seed)
     alpha = (1.0 - confidence) / 2.0
     for j, rho, boot in zip(live, point[:, 0], boots, strict=True):
