@@ -136,6 +136,7 @@ class _Layout:
                 self.x.value_of_row,
                 axis=1,
                 out=work.weighted[: counts.shape[0]],
+                mode="clip",  # not "raise": numpy would write to a buffer and copy
             )
             weighted *= counts
             np.matmul(weighted, self.value_of_row, out=sums.by_value[rows])
