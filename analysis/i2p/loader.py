@@ -150,6 +150,17 @@ def _clean_text(value: object) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
+def _cleaned(column: pd.Series, *, strip: bool = True) -> pd.Series:
+    """_clean_text (then strip) of every cell, worked out once per distinct cell.
+
+    A percentage column holds ~11 distinct cells in 4,703: cleaning each cell took a third of
+    loading I2P.
+    """
+    codes, uniques = pd.factorize(column, use_na_sentinel=False)
+    clean = [_clean_text(u).strip() if strip else _clean_text(u) for u in uniques]
+    return pd.Series(np.asarray(clean, dtype=object)[codes], index=column.index)
+
+
 def _fail(source: str, column: str, problems: list[tuple[int, str]]) -> AuditError:
     listed = "; ".join(f"row {row}: {msg}" for row, msg in problems[:_MAX_LISTED])
     more = f" (and {len(problems) - _MAX_LISTED} more rows)" if len(problems) > _MAX_LISTED else ""
@@ -162,8 +173,7 @@ def _fail(source: str, column: str, problems: list[tuple[int, str]]) -> AuditErr
 def _numeric(
     frame: pd.DataFrame, column: str, source: str, low: float, high: float, what: str
 ) -> pd.Series:
-    raw = frame[column]
-    text = raw.map(lambda v: _clean_text(v).strip())
+    text = _cleaned(frame[column])
     values = pd.to_numeric(text, errors="coerce").astype(float)
     problems = []
     for pos in np.flatnonzero(~np.isfinite(values.to_numpy()) | (values < low) | (values > high)):
@@ -187,7 +197,9 @@ def _integer(frame: pd.DataFrame, column: str, source: str, low: int) -> pd.Seri
     ]
     if bad:
         raise _fail(source, column, bad)
-    text = frame[column].map(lambda v: _clean_text(v).strip())
+    if (values.abs() < 2.0**53).all():  # exact as floats
+        return values.astype("int64")
+    text = _cleaned(frame[column])
     # int() on the text keeps integers above 2^53 exact, which a float round trip would not.
     return pd.Series([_as_int(t, v) for t, v in zip(text, values, strict=True)], dtype="int64")
 
@@ -203,7 +215,7 @@ def _drop_index_columns(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     for column in list(frame.columns):
         if not _INDEX_NAME.match(column) or column in REQUIRED_COLUMNS:
             continue
-        text = frame[column].map(lambda v: _clean_text(v).strip())
+        text = _cleaned(frame[column])
         numeric = pd.to_numeric(text.where(text != ""), errors="coerce")
         if (text != "").any() and (numeric.isna() & (text != "")).any():
             pos = int(np.flatnonzero((numeric.isna() & (text != "")).to_numpy())[0])
@@ -247,7 +259,7 @@ def normalise(raw: pd.DataFrame, source: str = "data") -> pd.DataFrame:
         raise AuditError(f"I2P data {source}: the table has no rows")
 
     out = pd.DataFrame(index=frame.index)
-    out["prompt"] = frame["prompt"].map(_clean_text)
+    out["prompt"] = _cleaned(frame["prompt"], strip=False)
     out["categories"] = _categories(frame["categories"], source)
     out["hard"] = _hard(frame["hard"], source)
     for column in PERCENT_COLUMNS:
@@ -260,7 +272,7 @@ def normalise(raw: pd.DataFrame, source: str = "data") -> pd.DataFrame:
     out["sd_image_width"] = _integer(frame, "sd_image_width", source, 1)
     out["sd_image_height"] = _integer(frame, "sd_image_height", source, 1)
     for column in ("lexica_url", "sd_model"):
-        out[column] = frame[column].map(_clean_text) if column in frame.columns else ""
+        out[column] = _cleaned(frame[column], strip=False) if column in frame.columns else ""
     if "case_number" in frame.columns:
         out["case_number"] = _integer(frame, "case_number", source, 0)
         repeated = out["case_number"].duplicated(keep="first")
@@ -283,34 +295,30 @@ def normalise(raw: pd.DataFrame, source: str = "data") -> pd.DataFrame:
 
 def _categories(column: pd.Series, source: str) -> pd.Series:
     known = set(CATEGORIES)
-    values, problems = [], []
-    for pos, cell in enumerate(column.map(_clean_text)):
+    codes, cells = pd.factorize(_cleaned(column, strip=False), use_na_sentinel=False)
+    canonical, problem_of = [], {}
+    for code, cell in enumerate(cells):  # each distinct cell once (I2P has ~100 in 4,703)
         names = [c.strip().lower() for c in cell.split(",") if c.strip()]
         unknown = [n for n in names if n not in known]
         if not names:
-            problems.append((pos + 1, "no category listed"))
+            problem_of[code] = "no category listed"
         elif unknown:
-            problems.append(
-                (pos + 1, f"unknown category {unknown[0]!r} (known: {', '.join(CATEGORIES)})")
-            )
-        values.append(", ".join(dict.fromkeys(names)))
-    if problems:
-        raise _fail(source, "categories", problems)
-    return pd.Series(values, index=column.index, dtype=object)
+            problem_of[code] = f"unknown category {unknown[0]!r} (known: {', '.join(CATEGORIES)})"
+        canonical.append(", ".join(dict.fromkeys(names)))
+    if problem_of:
+        rows = np.flatnonzero(np.isin(codes, list(problem_of)))
+        raise _fail(source, "categories", [(int(r) + 1, problem_of[codes[r]]) for r in rows])
+    return pd.Series(np.asarray(canonical, dtype=object)[codes], index=column.index, dtype=object)
 
 
 def _hard(column: pd.Series, source: str) -> pd.Series:
     mapping = {"1": True, "0": False, "true": True, "false": False, "1.0": True, "0.0": False}
-    values, problems = [], []
-    for pos, cell in enumerate(column.map(lambda v: _clean_text(v).strip().lower())):
-        if cell not in mapping:
-            problems.append((pos + 1, f"{cell!r} is not 0/1"))
-            values.append(False)
-        else:
-            values.append(mapping[cell])
-    if problems:
+    text = _cleaned(column).str.lower()
+    bad = np.flatnonzero(~text.isin(list(mapping)).to_numpy())
+    if bad.size:
+        problems = [(int(r) + 1, f"{text.iloc[r]!r} is not 0/1") for r in bad]
         raise _fail(source, "hard", problems)
-    return pd.Series(values, index=column.index, dtype=bool)
+    return text.map(mapping).astype(bool)
 
 
 def category_lists(frame: pd.DataFrame) -> pd.Series:
