@@ -59,7 +59,9 @@ def _per_value(t: np.ndarray) -> np.ndarray:
 
 def _sum_sq(c: np.ndarray, m: np.ndarray) -> np.ndarray:
     """Sum over the draws of (rank - mean rank)^2, ties averaged: (m^3 - sum of c^3) / 12."""
-    return (m**3 - (c**3).sum(axis=1)) / 12
+    cubes = c * c
+    cubes *= c
+    return (m * m * m - cubes.sum(axis=1)) / 12
 
 
 @dataclass(frozen=True)
@@ -128,11 +130,13 @@ class _Layout:
         t = self.x.at_or_below(counts, out=work.running[: counts.shape[0]])
         c, m = _per_value(t), t[:, -1]
         sums.sxx[rows], sums.m[rows] = _sum_sq(c, m), m
-        twice_rx = 2 * t - c - m[:, None]
+        twice_rx = t + t
+        twice_rx -= c
+        twice_rx -= m[:, None]
         if self.few:
             shift = _shift(int(m.max()))
             weighted = np.take(
-                (twice_rx + shift).astype(float),
+                twice_rx + shift,  # as floats (shift is one)
                 self.x.value_of_row,
                 axis=1,
                 out=work.weighted[: counts.shape[0]],
