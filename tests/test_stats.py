@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -230,3 +232,26 @@ def test_cluster_interval_packed_path_equals_two_gathers() -> None:
         idx = rng.integers(0, 300, size=(size, 300))
         ratios.append(hits[idx].sum(axis=1) / totals[idx].sum(axis=1))
     assert fast == tuple(np.quantile(np.concatenate(ratios), [0.025, 0.975]))
+
+
+def test_bootstrap_rhos_equal_spearmanr_on_random_tied_and_constant_data() -> None:
+    """Small random data of every shape (heavy ties, all distinct, near-constant: NaN rhos)."""
+    from analysis.stats import correlation
+
+    rng = np.random.default_rng(11)
+    for case in range(40):
+        n = int(rng.integers(3, 40))
+        x = np.round(rng.random(n), case % 3)
+        ys = [
+            np.round(rng.random(n) * (1 + case % 11)),  # few values
+            rng.random(n),  # all distinct
+            np.where(np.arange(n) == case % n, 2.0, 1.0),  # one value differs: NaN when missed
+        ]
+        ours = correlation._bootstrap_rhos(correlation._Layout.of(x, np.array(ys)), 60, case)
+        idx = _documented_resamples(n, 60, case)
+        for b in range(60):
+            for j, y in enumerate(ys):
+                with np.errstate(all="ignore"), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    ref = stats.spearmanr(x[idx[b]], y[idx[b]]).statistic
+                assert ours[j, b] == ref or (np.isnan(ref) and np.isnan(ours[j, b])), (case, b, j)
