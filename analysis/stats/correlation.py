@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import special  # not scipy.stats: ~1 s to import, a third of `i2p correlate`
@@ -36,6 +36,7 @@ class _Grouping:
     value_of_row: np.ndarray  # (T,) value id of each distinct row
     order: np.ndarray | None  # rows sorted by value (None: already sorted)
     ends: np.ndarray  # last position in `order` of each value
+    _flat_ends: dict[int, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def of(cls, value_of_row: np.ndarray) -> _Grouping:
@@ -51,11 +52,18 @@ class _Grouping:
     def at_or_below(self, counts: np.ndarray, out: np.ndarray) -> np.ndarray:
         """t (B, values): draws at or below each value, from integer counts (B, T) per row.
 
-        A running sum over the rows (out: scratch of counts' shape) read at each value's end;
-        it beats np.add.reduceat when values hold few rows each.
+        One running sum over all B resamples' rows (out: scratch of counts' shape), read at
+        each value's end, less the resamples before. Flat, because numpy's row-by-row running
+        sum holds the GIL and the flat one does not; it beats np.add.reduceat on short runs.
         """
+        n_draws, n_rows = counts.shape
         grouped = counts if self.order is None else counts.take(self.order, axis=1)
-        return np.cumsum(grouped, axis=1, out=out).take(self.ends, axis=1)
+        running = np.cumsum(grouped.ravel(), out=out.reshape(-1))
+        if n_draws not in self._flat_ends:
+            self._flat_ends[n_draws] = np.arange(0, n_draws * n_rows, n_rows)[:, None] + self.ends
+        before = np.zeros((n_draws, 1), dtype=running.dtype)
+        before[1:, 0] = running[n_rows - 1 : -1 : n_rows]
+        return running.take(self._flat_ends[n_draws]) - before
 
 
 def _per_value(t: np.ndarray) -> np.ndarray:
@@ -149,10 +157,10 @@ class _Layout:
                 mode="clip",  # not "raise": numpy would write to a buffer and copy
             )
             weighted *= counts
-            np.matmul(weighted, self.value_of_row, out=sums.by_value[rows])
+            np.dot(weighted, self.value_of_row, out=sums.by_value[rows])  # `@` holds the GIL
             sums.shift[rows] = shift
             if not shift:  # too many draws to pack both sums into one float64
-                np.matmul(counts.astype(float), self.value_of_row, out=sums.cy[rows])
+                np.dot(counts.astype(float), self.value_of_row, out=sums.cy[rows])
         for j, y in enumerate(self.ys):
             if j not in self.few:  # many values: ranks per row (rare; kept simple)
                 ty = y.at_or_below(counts, out=work.running[: counts.shape[0]])
