@@ -49,26 +49,24 @@ class _Grouping:
     def n_values(self) -> int:
         return int(self.ends.size)
 
-    def at_or_below(self, counts: np.ndarray, out: np.ndarray) -> np.ndarray:
+    def at_or_below(
+        self, counts: np.ndarray, running: np.ndarray, out: np.ndarray | None = None
+    ) -> np.ndarray:
         """t (B, values): draws at or below each value, from integer counts (B, T) per row.
 
-        One running sum over all B resamples' rows (out: scratch of counts' shape), read at
-        each value's end, less the resamples before. Flat, because numpy's row-by-row running
-        sum holds the GIL and the flat one does not; it beats np.add.reduceat on short runs.
+        One running sum over all B resamples' rows (running: scratch of counts' shape), read
+        at each value's end, less the resamples before. Flat, because numpy's row-by-row
+        running sum holds the GIL and the flat one does not; it beats np.add.reduceat on short
+        runs. out: (B, values) int64 scratch for t.
         """
         n_draws, n_rows = counts.shape
         grouped = counts if self.order is None else counts.take(self.order, axis=1)
-        running = np.cumsum(grouped.ravel(), out=out.reshape(-1))
+        flat = np.cumsum(grouped.ravel(), out=running.reshape(-1))
         if n_draws not in self._flat_ends:
             self._flat_ends[n_draws] = np.arange(0, n_draws * n_rows, n_rows)[:, None] + self.ends
-        before = np.zeros((n_draws, 1), dtype=running.dtype)
-        before[1:, 0] = running[n_rows - 1 : -1 : n_rows]
-        return running.take(self._flat_ends[n_draws]) - before
-
-
-def _per_value(t: np.ndarray) -> np.ndarray:
-    """c (B, values): draws of each value, from the draws at or below it."""
-    return np.diff(t, axis=1, prepend=0)
+        t = flat.take(self._flat_ends[n_draws], out=out, mode="clip")
+        t[1:] -= flat[n_rows - 1 : -1 : n_rows, None]
+        return t
 
 
 def _sum_sq(c: np.ndarray, m: np.ndarray) -> np.ndarray:
@@ -141,19 +139,23 @@ class _Layout:
         the x-ranks of its draws): each row's draws times (2 r_x + s), with the shift s a power
         of two above 2 m^2 >= |2 * sum of x-ranks|, so finish() splits the two exactly.
         """
-        t = self.x.at_or_below(counts, out=work.running[: counts.shape[0]])
-        c, m = _per_value(t), t[:, -1]
+        n_draws = counts.shape[0]
+        t = self.x.at_or_below(counts, work.running[:n_draws], out=work.at_or_below[:n_draws])
+        m = t[:, -1]
+        below = work.below[:n_draws]  # draws below each value: t of the value before
+        below[:, 0] = 0
+        below[:, 1:] = t[:, :-1]
+        c = np.subtract(t, below, out=work.per_value[:n_draws])
         sums.sxx[rows], sums.m[rows] = _sum_sq(c, m), m
-        twice_rx = t + t
-        twice_rx -= c
-        twice_rx -= m[:, None]
+        shift = _shift(int(m.max())) if self.few else 0.0
+        shifted_rx = np.add(t, below, out=work.ranks[:n_draws], dtype=float)  # exact integers
+        shifted_rx -= (m - shift)[:, None]  # 2 r_x + shift per x value
         if self.few:
-            shift = _shift(int(m.max()))
             weighted = np.take(
-                twice_rx + shift,  # as floats (shift is one)
+                shifted_rx,
                 self.x.value_of_row,
                 axis=1,
-                out=work.weighted[: counts.shape[0]],
+                out=work.weighted[:n_draws],
                 mode="clip",  # not "raise": numpy would write to a buffer and copy
             )
             weighted *= counts
@@ -163,10 +165,10 @@ class _Layout:
                 np.dot(counts.astype(float), self.value_of_row, out=sums.cy[rows])
         for j, y in enumerate(self.ys):
             if j not in self.few:  # many values: ranks per row (rare; kept simple)
-                ty = y.at_or_below(counts, out=work.running[: counts.shape[0]])
-                cy = _per_value(ty)
+                ty = y.at_or_below(counts, work.running[:n_draws])
+                cy = np.diff(ty, axis=1, prepend=0)
                 twice_ry = (2 * ty - cy - m[:, None]).take(y.value_of_row, axis=1)
-                twice_rx_rows = twice_rx.take(self.x.value_of_row, axis=1)
+                twice_rx_rows = (shifted_rx - shift).take(self.x.value_of_row, axis=1)
                 sums.syy[j, rows] = _sum_sq(cy, m)
                 sums.sxy[j, rows] = np.einsum("ij,ij->i", counts * twice_rx_rows, twice_ry) / 4
 
@@ -219,15 +221,20 @@ class _Sums:
 
 
 class _Scratch:
-    """(B, T) buffers that one thread reuses for every part of its blocks.
+    """(B, T) and (B, x values) buffers that one thread reuses for every part of its blocks.
 
     Fresh large arrays per part are fresh pages from the system each time (glibc hands freed
     ones back), and those page faults were up to half of the bootstrap's time.
     """
 
     def __init__(self, layout: _Layout, n_draws: int) -> None:
-        self.weighted = np.empty((n_draws, layout.n_rows))  # the matrix product's input
-        self.running = np.empty((n_draws, layout.n_rows), dtype=np.int64)  # running counts
+        rows, values = (n_draws, layout.n_rows), (n_draws, layout.x.n_values)
+        self.weighted = np.empty(rows)  # the matrix product's input
+        self.running = np.empty(rows, dtype=np.int64)  # running counts
+        self.at_or_below = np.empty(values, dtype=np.int64)  # per x value
+        self.below = np.empty(values, dtype=np.int64)
+        self.per_value = np.empty(values, dtype=np.int64)
+        self.ranks = np.empty(values)
 
 
 def _as_corrcoef(sxx: np.ndarray, syy: np.ndarray, sxy: np.ndarray, m: np.ndarray) -> np.ndarray:
