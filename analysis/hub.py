@@ -8,6 +8,9 @@ hub client's retries make a missing model look like a hang. Opt in with T2I_AUDI
 from __future__ import annotations
 
 import os
+from typing import Any
+
+from analysis.errors import AuditError
 
 OPT_IN = "set T2I_AUDIT_ALLOW_DOWNLOAD=1 to let t2i-audit download it"
 _TRUE = {"1", "true", "yes", "on"}
@@ -25,3 +28,23 @@ def enforce_offline() -> None:
     if not downloads_allowed():
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+
+def not_available(what: str, spec: str, local: bool, advice: str, exc: Exception) -> AuditError:
+    """The one-line error when from_pretrained finds no weights: where it looked, what to do."""
+    from huggingface_hub import constants
+
+    where = spec if local else f"the Hugging Face cache ({constants.HF_HUB_CACHE})"
+    return AuditError(
+        f"{what} {spec!r} is not available: looked in {where}. {advice}. "
+        f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]})"
+    )
+
+
+def snapshot_provenance(spec: str, config: Any) -> dict[str, Any]:
+    """{"id": spec} plus the hub snapshot (commit) the loaded weights came from, when known."""
+    prov: dict[str, Any] = {"id": spec}
+    commit = getattr(config, "_commit_hash", None)
+    if commit:
+        prov["revision"] = commit
+    return prov

@@ -139,7 +139,7 @@ def load_clip(spec: str | None = None, device: str = "cpu") -> ClipBundle:
     from transformers import CLIPImageProcessorPil as CLIPImageProcessor
     from transformers import CLIPModel, CLIPTokenizerFast
 
-    from analysis.hub import OPT_IN, downloads_allowed
+    from analysis.hub import OPT_IN, downloads_allowed, not_available, snapshot_provenance
 
     offline = not downloads_allowed()
     local = Path(spec).is_dir()
@@ -149,17 +149,11 @@ def load_clip(spec: str | None = None, device: str = "cpu") -> ClipBundle:
         tokenizer = CLIPTokenizerFast.from_pretrained(spec, **kwargs)
         processor = CLIPImageProcessor.from_pretrained(spec, **kwargs)
     except Exception as exc:
-        from huggingface_hub import constants
-
-        where = spec if local else f"the Hugging Face cache ({constants.HF_HUB_CACHE})"
-        raise AuditError(
-            f"CLIP model {spec!r} is not available: looked in {where}. Download it on a machine "
-            f"with network (`huggingface-cli download {spec}`) and copy the cache here, or pass "
-            f"a local folder with --clip-model{', or ' + OPT_IN if offline else ''}. "
-            f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]})"
-        ) from exc
-    prov: dict[str, Any] = {"id": spec}
-    commit = getattr(model.config, "_commit_hash", None)
-    if commit:
-        prov["revision"] = commit
+        advice = (
+            f"Download it on a machine with network (`huggingface-cli download {spec}`) and copy "
+            f"the cache here, or pass a local folder with --clip-model"
+            f"{', or ' + OPT_IN if offline else ''}"
+        )
+        raise not_available("CLIP model", spec, local, advice, exc) from exc
+    prov = snapshot_provenance(spec, model.config)
     return ClipBundle(model, tokenizer, processor, prov, device)

@@ -191,7 +191,7 @@ def load_checker(spec: str | None = None, device: str = "cpu") -> tuple[Any, dic
         return tiny_checker(), {"id": "tiny", "weights": "random (seed 0)"}
     from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 
-    from analysis.hub import OPT_IN, downloads_allowed
+    from analysis.hub import OPT_IN, downloads_allowed, not_available, snapshot_provenance
 
     local = Path(spec).is_dir()
     if not local and spec.startswith((".", "/", "~")):
@@ -202,20 +202,13 @@ def load_checker(spec: str | None = None, device: str = "cpu") -> tuple[Any, dic
             spec, local_files_only=offline or local
         )
     except Exception as exc:
-        from huggingface_hub import constants
-
-        where = spec if local else f"the Hugging Face cache ({constants.HF_HUB_CACHE})"
-        raise AuditError(
-            f"safety checker {spec!r} is not available: looked in {where}. Download "
-            f"{DEFAULT_MODEL} once with network (`hf download {DEFAULT_MODEL}`) and copy the "
-            f"cache here, or pass a local folder (e.g. an SD checkout's safety_checker/)"
-            f"{', or ' + OPT_IN if offline and not local else ''}. "
-            f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]})"
-        ) from exc
-    prov: dict[str, Any] = {"id": spec}
-    commit = getattr(model.config, "_commit_hash", None)
-    if commit:
-        prov["revision"] = commit
+        advice = (
+            f"Download {DEFAULT_MODEL} once with network (`hf download {DEFAULT_MODEL}`) and copy "
+            "the cache here, or pass a local folder (e.g. an SD checkout's safety_checker/)"
+            f"{', or ' + OPT_IN if offline and not local else ''}"
+        )
+        raise not_available("safety checker", spec, local, advice, exc) from exc
+    prov = snapshot_provenance(spec, model.config)
     return model.to(device).eval(), prov
 
 
