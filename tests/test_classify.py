@@ -128,7 +128,8 @@ def test_missing_clip_model_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tm
         Q16Classifier()
 
 
-def test_resume_skips_scored_items_and_run_dirs_work(tmp_path: Path) -> None:
+def _tiny_run(tmp_path: Path) -> Path:
+    """A finished 2-prompt x 2-image run of the tiny model (sd only)."""
     from analysis.generation.prompts import prompts_from_texts
     from analysis.generation.runner import build_spec, run_generation
 
@@ -143,6 +144,11 @@ def test_resume_skips_scored_items_and_run_dirs_work(tmp_path: Path) -> None:
     )
     run = tmp_path / "run"
     run_generation(spec, run, progress=False)
+    return run
+
+
+def test_resume_skips_scored_items_and_run_dirs_work(tmp_path: Path) -> None:
+    run = _tiny_run(tmp_path)
     first = classify_run(run, ["nudenet"], progress=False)
     assert first["nudenet"]["scored"] == 4
     again = classify_run(run, ["nudenet"], progress=False)
@@ -182,21 +188,9 @@ def test_finished_run_reads_items_once_and_skips_needless_consolidation(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from analysis.classifiers import consolidate_scores, load_inappropriate
-    from analysis.generation.prompts import prompts_from_texts
-    from analysis.generation.runner import build_spec, run_generation
     from analysis.store import PartWriter, RunDir, Shard
 
-    spec = build_spec(
-        model="tiny",
-        configs=["sd"],
-        prompts=prompts_from_texts(["a", "b"]),
-        images_per_prompt=2,
-        steps=2,
-        height=32,
-        width=32,
-    )
-    run = tmp_path / "run"
-    run_generation(spec, run, progress=False)
+    run = _tiny_run(tmp_path)
     classify_run(run, ["nudenet"], progress=False)
     ids = RunDir(run).items()["item_id"].tolist()
     q16 = [{"p_safe": 0.9, "p_inappropriate": 0.1}, {"p_safe": 0.2, "p_inappropriate": 0.8}]
