@@ -57,6 +57,26 @@ def palette(n: int) -> list[tuple[float, float, float]]:
     return list(sns.color_palette("colorblind", n_colors=max(n, 1)))
 
 
+def interval_dots(
+    ax: Any, x: Any, y: Any, low: Any, high: Any, *, colour: Any, label: str, gid: str
+) -> None:
+    """Points at x with horizontal intervals [low, high] (a missing bound draws no whisker)."""
+    x = np.asarray(x, dtype=float)
+    err = np.vstack([x - np.asarray(low, dtype=float), np.asarray(high, dtype=float) - x])
+    ax.errorbar(
+        x,
+        y,
+        xerr=np.nan_to_num(err),
+        fmt="o",
+        ms=3,
+        color=colour,
+        elinewidth=0.8,
+        capsize=0,
+        label=label,
+        gid=gid,
+    )
+
+
 def new_figure(width: float, height: float) -> Figure:
     """A Figure not registered with pyplot, so building many never leaks global state."""
     require("matplotlib", "figures", "Paper figures")
@@ -109,17 +129,13 @@ def country_rates_figure(
         for i, config in enumerate(configs):
             sub = rates[rates["config"] == config].set_index("country").reindex(order)
             y = np.arange(len(order)) + (i - (len(configs) - 1) / 2) * step
-            rate = sub["rate"].to_numpy(float)
-            err = np.vstack([rate - sub["ci_low"].to_numpy(float), sub["ci_high"] - rate])
-            ax.errorbar(
-                rate,
+            interval_dots(
+                ax,
+                sub["rate"],
                 y,
-                xerr=np.nan_to_num(err),
-                fmt="o",
-                ms=3,
-                color=colours[i],
-                elinewidth=0.8,
-                capsize=0,
+                sub["ci_low"],
+                sub["ci_high"],
+                colour=colours[i],
                 label=config,
                 gid=f"rates-{config}",
             )

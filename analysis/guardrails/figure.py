@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from analysis.figures.static import COLUMN_WIDTH, PAPER_RC, new_figure, palette
+from analysis.figures.static import COLUMN_WIDTH, PAPER_RC, interval_dots, new_figure, palette
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -34,22 +34,13 @@ def guardrail_figure(table: pd.DataFrame, width: float = COLUMN_WIDTH) -> Figure
         names = table["guardrail"].astype(str).tolist()
         y = np.arange(len(names))[::-1]
         for i, part in enumerate(parts):
-            d = table[f"{part}_change"].to_numpy(float)
-            err = np.vstack(
-                [
-                    d - table[f"{part}_change_ci_low"].to_numpy(float),
-                    table[f"{part}_change_ci_high"].to_numpy(float) - d,
-                ]
-            )
-            ax.errorbar(
-                d,
+            interval_dots(
+                ax,
+                table[f"{part}_change"],
                 y + (i - (len(parts) - 1) / 2) * 0.25,
-                xerr=np.nan_to_num(err),
-                fmt="o",
-                ms=3,
-                color=colours[i],
-                elinewidth=0.8,
-                capsize=0,
+                table[f"{part}_change_ci_low"],
+                table[f"{part}_change_ci_high"],
+                colour=colours[i],
                 label=part,
                 gid=f"change-{part}",
             )
