@@ -78,6 +78,8 @@ def test_weighted_spearman_equals_materialised_resamples() -> None:
     for b in range(5):
         ref = stats.spearmanr(np.repeat(x, counts[b]), np.repeat(y, counts[b])).statistic
         assert ours[b] == ref  # bit for bit
+    with pytest.raises(ValueError, match="whole numbers"):  # not silently truncated
+        weighted_spearman(x, y, counts + 0.5)
 
 
 def test_spearman_ci_matches_scipy_point_and_scipy_bootstrap_interval() -> None:

@@ -257,7 +257,10 @@ def weighted_spearman(x: np.ndarray, y: np.ndarray, counts: np.ndarray) -> np.nd
     Equals scipy.stats.spearmanr on np.repeat(x, counts[b]), np.repeat(y, counts[b]).
     """
     layout = _Layout.of(np.asarray(x, dtype=float), np.asarray(y, dtype=float)[None, :])
-    w = np.asarray(counts, dtype=np.int64)
+    raw = np.asarray(counts)
+    w = raw.astype(np.int64)
+    if not np.array_equal(w, raw) or (w < 0).any():
+        raise ValueError("weighted_spearman: counts must be non-negative whole numbers")
     per_row = np.zeros((w.shape[0], layout.n_rows), dtype=np.int64)
     np.add.at(per_row.T, layout.row_of_point, w.T)
     return layout.rho(per_row)[0]
