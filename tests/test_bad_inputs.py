@@ -11,11 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from badinput import ERASE, GEN, I2P_SET, PROBE, PROMPTS, QUALITY, Case, _corrupt, _write
 from conftest import tiny_probe
 
 from analysis.cli import main
@@ -38,39 +37,6 @@ def snapshot(run: Path) -> dict[str, str]:
         if p.is_file()
     }
 
-
-def _write(name: str, data: str | bytes) -> Callable[[Path, Path], None]:
-    def setup(tmp: Path, run: Path) -> None:
-        path = tmp / name
-        path.write_bytes(data if isinstance(data, bytes) else data.encode())
-
-    return setup
-
-
-def _corrupt(rel: str, data: bytes = b"\x00garbage\xff" * 8) -> Callable[[Path, Path], None]:
-    def setup(tmp: Path, run: Path) -> None:
-        (run / rel).write_bytes(data)
-
-    return setup
-
-
-@dataclass
-class Case:
-    id: str
-    argv: list[str]
-    names: str  # a piece of the message that names the input
-    setup: Callable[[Path, Path], None] | None = None
-    env: dict[str, str] = field(default_factory=dict)
-    new_out: bool = False  # the command would create {tmp}/new: it must not exist afterwards
-    changes: tuple[str, ...] = ()  # files the case itself corrupted (excluded from the check)
-
-
-GEN = ["generate", "--out", "{tmp}/new", "--steps", "1", "--height", "32", "--width", "32"]
-PROBE = ["probe", "ethnic-bias", "--out", "{tmp}/new", "--countries", "JPN", "--steps", "1"]
-PROMPTS = [*GEN, "--prompts-file"]
-I2P_SET = ["i2p", "run", "--out", "{tmp}/new", "--model", "tiny", "--prompts", "{tmp}/set.csv"]
-ERASE = ["erase", "esd", "--model", "tiny", "--concept", "nudity"]
-QUALITY = ["quality", "generate", "--model", "tiny", "--n", "2", "--out", "{tmp}/new"]
 
 CASES = [
     # prompt files
@@ -599,6 +565,19 @@ CASES = [
         "config 'nope' is not in run",
     ),
 ]
+
+
+def _area_cases() -> list[Case]:
+    """The cases each area keeps in `tests/bad_inputs_<area>.py`."""
+    import importlib
+
+    found: list[Case] = []
+    for path in sorted(Path(__file__).parent.glob("bad_inputs_*.py")):
+        found += importlib.import_module(path.stem).CASES
+    return found
+
+
+CASES += _area_cases()
 
 
 def test_there_are_at_least_forty_cases() -> None:
