@@ -1,6 +1,10 @@
 """t2i-audit: audit text-to-image models for inappropriate degeneration and ethnic bias."""
 
-from analysis.hub import enforce_offline
+from analysis.numerics import pin_mkl
+
+pin_mkl()  # before anything imports torch: MKL fixes its kernels when it initialises
+
+from analysis.hub import enforce_offline  # noqa: E402
 
 enforce_offline()
 

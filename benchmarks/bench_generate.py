@@ -126,8 +126,17 @@ def main() -> None:
         help="also time `probe ethnic-bias` end to end (NudeNet while generating) against "
         "generation alone at the largest B (aim on a GPU: >= 0.9x)",
     )
+    ap.add_argument(
+        "--mkl-pin-cost",
+        action="store_true",
+        help="CPU only: time our sampler with MKL_CBWR=AUTO,STRICT (what every entry point sets) "
+        "and with MKL_CBWR unset, each in a fresh process, and print the ratio",
+    )
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
+    if args.mkl_pin_cost:
+        _mkl_pin_cost(args, Console())
+        return
 
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     device = model.device
@@ -209,6 +218,61 @@ def main() -> None:
     _checks(model, args, console)
     if args.probe_overlap:
         _probe_overlap(model, args, console)
+
+
+_MKL_SNIPPET = """
+import sys, time
+import analysis, torch
+from analysis.generation import SamplingParams, load_model, sample
+from analysis.guidance import resolve_config
+torch.set_num_threads(int(sys.argv[6]))
+steps, size, side, repeats = (int(a) for a in sys.argv[2:6])
+model = load_model(sys.argv[1])
+params = SamplingParams(steps, 7.5, side, side, batch_size=size)
+prompts, seeds, config = ["japanese body"] * size, list(range(size)), resolve_config("sld-strong")
+sample(model, prompts, seeds, config, params)
+best = min(
+    (lambda t: (sample(model, prompts, seeds, config, params), time.perf_counter() - t)[1])(
+        time.perf_counter()
+    )
+    for _ in range(repeats)
+)
+print(best)
+"""
+
+
+def _mkl_pin_cost(args, console: Console) -> None:
+    """Seconds per batch with and without the MKL_CBWR pin, each in a fresh interpreter (MKL
+    reads the variable once), interleaved so machine drift hits both alike."""
+    import os
+    import subprocess
+    import sys
+
+    size = max(int(b) for b in args.batch_sizes.split(","))
+    argv = [
+        args.model,
+        args.steps,
+        size,
+        args.height,
+        max(args.repeats, 3),
+        torch.get_num_threads(),
+    ]
+    base = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+    envs = {"pinned (AUTO,STRICT)": base, "unpinned": {**base, "T2I_AUDIT_NO_MKL_PIN": "1"}}
+    times: dict[str, list[float]] = {name: [] for name in envs}
+    for _ in range(3):
+        for name, env in envs.items():
+            out = subprocess.run(
+                [sys.executable, "-c", _MKL_SNIPPET, *map(str, argv)],
+                env=env, capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            times[name].append(float(out.stdout.split()[-1]))
+    pinned, unpinned = (min(t) for t in times.values())
+    console.print(
+        f"{args.model}, B={size}, {args.steps} steps, {args.height}px, sld-strong, "
+        f"{argv[-1]} threads: pinned {pinned:.3f} s/batch, unpinned {unpinned:.3f} s/batch, "
+        f"pinned/unpinned = {pinned / unpinned:.3f}x (best of 3 interleaved processes)"
+    )
 
 
 def _probe_overlap(model, args, console: Console) -> None:

@@ -454,13 +454,7 @@ def run_generation(
         if compiled:
             manifest["compile"] = compiled
         run.write_manifest(manifest)
-    first = (manifest.get("model") or {}).get("device_name")
-    now = runtime["model"].get("device_name")
-    if first and now and first != now:
-        summary["warning"] = (
-            f"this run started on {first} and continues on {now}: the same B and dtype on other "
-            "hardware may differ in the last bits"
-        )
+    summary.update(_hardware_warning(manifest, runtime))
 
     writer = PartWriter(run, "generate", shard)
     started = time.perf_counter()
@@ -518,6 +512,24 @@ def run_generation(
     summary["seconds"] = round(time.perf_counter() - started, 3)
     _finish(run, run.items(), summary)
     return summary
+
+
+def _hardware_warning(manifest: dict[str, Any], runtime: dict[str, Any]) -> dict[str, str]:
+    """{"warning": ...} when this shard runs on other hardware or CPU numerics than the run's
+    start (another GPU, MKL_CBWR, CPU kernel capability or BLAS): the last bits may differ."""
+    from analysis.numerics import numerics_changes
+
+    changes = numerics_changes(manifest.get("numerics"), runtime.get("numerics") or {})
+    first = (manifest.get("model") or {}).get("device_name")
+    now = runtime["model"].get("device_name")
+    if first and now and first != now:
+        changes.insert(0, f"device ({first} -> {now})")
+    if not changes:
+        return {}
+    return {
+        "warning": f"this run started under other hardware or numerics ({'; '.join(changes)}): "
+        "the same B and dtype may differ in the last bits"
+    }
 
 
 def _sample_batch(

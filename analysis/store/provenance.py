@@ -9,6 +9,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from analysis.numerics import numerics_info
+
 PACKAGES = (
     "t2i-audit",
     "torch",
@@ -64,5 +66,6 @@ def environment_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "host": platform.node(),
+        "numerics": numerics_info(),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
