@@ -41,7 +41,21 @@ def small(*extra: str) -> list[str]:
 
 
 def files(folder: Path) -> dict[str, float]:
-    return {str(p): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+    """Every file's mtime, but the lock files (they name the last writer, not finished work)."""
+    return {
+        str(p): p.stat().st_mtime_ns
+        for p in folder.rglob("*")
+        if p.is_file() and p.parent.name != "locks"
+    }
+
+
+def contents(folder: Path) -> dict[str, str]:
+    """sha256 of every file but the locks: a re-run may rewrite a file only with equal bytes."""
+    return {
+        str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in folder.rglob("*")
+        if p.is_file() and p.parent.name != "locks"
+    }
 
 
 @pytest.fixture(autouse=True)
@@ -117,11 +131,17 @@ def test_tiny_demo_audit_runs_resumes_and_extends(tmp_path, capsys, no_static_ex
         ("i2p", 4),
     ]
 
-    # re-run: nothing new is generated; a dry run now sees all of it done and writes nothing
-    code, _, err = cli(capsys, "run", DEMO, "--out", out, *small())
+    # re-run, also on another (usable) device: nothing is generated and no finished file is
+    # rewritten; an unusable device is refused before anything is touched
+    before = contents(out)
+    code, stdout, err = cli(capsys, "run", DEMO, "--out", out, *small())
     assert code == 0, err
-    again = json.loads((out / "audit.json").read_text())["last_run"]["parts"]
-    assert [p["generated"] for p in again] == [0, 0]
+    assert contents(out) == before
+    code, _, err = cli(
+        capsys, "run", DEMO, "--out", out, *small(), "--set", 'sampler.device="cuda:7"'
+    )
+    assert code == 2 and "device 'cuda:7' is not usable here" in err
+    assert contents(out) == before
     before = files(out)
     code, stdout, err = cli(capsys, "run", DEMO, "--out", out, "--dry-run", *small())
     assert code == 0, err

@@ -69,7 +69,41 @@ def run_audit(audit: AuditSpec, out: Path, *, progress: bool = True) -> dict[str
 
     shard = resolve_shard(None)
     preflight(audit, out)
-    record = record_spec(audit, out)
+    before = _snapshot(out)
+    unchanged = _same_effect(audit, out)
+    record = _read_record(out) if unchanged else record_spec(audit, out)
+    try:
+        parts = _run_parts(audit, out, shard, progress)
+    except BaseException:
+        _rollback(out, before)  # a failed start leaves nothing behind (finished work stays)
+        raise
+    last = record.get("last_run") or {}
+    finished = last and (not audit.report.enabled or Path(str(last.get("report"))).is_file())
+    if unchanged and finished and not any(p["generated"] for p in parts):
+        # the same finished audit (at most the device differs): nothing is rewritten
+        return {"parts": parts, "report": last.get("report"), "guardrails": last.get("guardrails")}
+    guardrails: str | None = None
+    if shard.index == 0:
+        try:
+            guardrails = str(guardrail_table(audit, out))
+        except AuditError as exc:  # e.g. a part still unclassified: the runs stay usable
+            guardrails = f"not written: {exc}"
+    report = write_audit_report(audit, out) if audit.report.enabled and shard.index == 0 else None
+    record["last_run"] = {
+        "at": _now(),
+        "shard": shard.name,
+        "parts": [{k: v for k, v in p.items() if k != "summary"} for p in parts],
+        "report": str(report) if report else None,
+        "guardrails": guardrails,
+    }
+    from analysis.store import atomic_write_text
+
+    atomic_write_text(out / RECORD, json.dumps(record, indent=2) + "\n")
+    return {"parts": parts, "report": report, "guardrails": guardrails}
+
+
+def _run_parts(audit: AuditSpec, out: Path, shard: Any, progress: bool) -> list[dict[str, Any]]:
+    """Every model x part, each through its own command's library call (each resumes)."""
     parts = []
     for entry in audit.models:
         for part in audit.parts():
@@ -95,31 +129,78 @@ def run_audit(audit: AuditSpec, out: Path, *, progress: bool = True) -> dict[str
                     "summary": summary,
                 }
             )
-    guardrails: str | None = None
-    if shard.index == 0:
-        try:
-            guardrails = str(guardrail_table(audit, out))
-        except AuditError as exc:  # e.g. a part still unclassified: the runs stay usable
-            guardrails = f"not written: {exc}"
-    report = write_audit_report(audit, out) if audit.report.enabled and shard.index == 0 else None
-    record["last_run"] = {
-        "at": _now(),
-        "shard": shard.name,
-        "parts": [{k: v for k, v in p.items() if k != "summary"} for p in parts],
-        "report": str(report) if report else None,
-        "guardrails": guardrails,
-    }
-    from analysis.store import atomic_write_text
+    return parts
 
-    atomic_write_text(out / RECORD, json.dumps(record, indent=2) + "\n")
-    return {"parts": parts, "report": report, "guardrails": guardrails}
+
+#: what may change between runs of one audit without changing any image or number
+NO_EFFECT = {("sampler", "device")}
+
+
+def _same_effect(audit: AuditSpec, out: Path) -> bool:
+    """True when OUT already records this audit, differing at most in NO_EFFECT keys."""
+    from analysis.audit.spec import load_audit
+
+    copy = out / SPEC_COPY
+    if not copy.is_file():
+        return False
+    try:
+        old = load_audit(copy, _read_record(out).get("overrides") or {})
+    except AuditError:
+        return False
+    mine, theirs = audit.model_dump(), old.model_dump()
+    for dump in (mine, theirs):
+        dump.pop("out", None)
+        for table, key in NO_EFFECT:
+            (dump.get(table) or {}).pop(key, None)
+    return mine == theirs
+
+
+def _read_record(out: Path) -> dict[str, Any]:
+    try:
+        record = json.loads((out / RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _snapshot(out: Path) -> dict[str, Any]:
+    """What a failed start must restore: whether OUT existed, and its two audit files' bytes."""
+    files = {}
+    for name in (SPEC_COPY, RECORD):
+        path = out / name
+        files[name] = path.read_bytes() if path.is_file() else None
+    return {"existed": out.exists(), "files": files}
+
+
+def _rollback(out: Path, before: dict[str, Any]) -> None:
+    """Undo record_spec when the run fails before any part folder holds work."""
+    from analysis.store import RunDir, atomic_write_bytes
+
+    if any(RunDir(p).looks_like_run() for p in out.glob("*/*")):
+        return  # work was done: the record describes it
+    for name, data in before["files"].items():
+        path = out / name
+        if data is None:
+            path.unlink(missing_ok=True)
+        elif not path.is_file() or path.read_bytes() != data:
+            atomic_write_bytes(path, data)
+    if not before["existed"]:
+        for folder in sorted(out.rglob("*"), key=lambda p: -len(p.parts)):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
 
 
 def preflight(audit: AuditSpec, out: Path) -> None:
     """Fail before any generation when a later part could not start (a missing unet file, an
     output folder holding another run, Q16's CLIP not on disk): a typo costs no GPU time."""
     from analysis.audit.plan import plan_audit
+    from analysis.generation.devices import check_device
+    from analysis.store.ownership import check_output
 
+    check_output(out, inputs=[audit.path], folder=True)
+    check_device(audit.sampler.device)
     for plan in plan_audit(audit, out):
         if plan.part != "knn" and plan.note is not None:
             raise AuditError(f"{audit.path}: {plan.model}/{plan.part}: {plan.note}")

@@ -29,6 +29,7 @@ from analysis.store import (
     read_parts,
 )
 from analysis.store.atomic import read_parquet
+from analysis.store.ownership import check_output, hold_shard
 from analysis.store.parts import part_sizes, retire_parts
 from analysis.store.progress import Progress
 from analysis.store.provenance import environment_info
@@ -75,20 +76,38 @@ def folder_items(folder: Path) -> pd.DataFrame:
 
 
 def _target(source: Path, out: Path | None) -> tuple[RunDir, pd.DataFrame, Path]:
-    """(where scores go, items to score, folder the image paths are relative to)."""
+    """(where scores go, items to score, folder the image paths are relative to).
+
+    A folder with any run file (plan, parts, scores) is a run, even when its manifest is missing
+    or damaged: it is never re-listed as a plain folder (that would replace its plan). Scores of a
+    plain folder go to the folder itself or to a new --out, never into another run.
+    """
     source = Path(source)
     if not source.is_dir():
         raise AuditError(f"{source} is not a folder: give a run directory or a folder of images")
     run = RunDir(source)
-    manifest = run.read_manifest() if run.exists() else {}
+    manifest = run.read_manifest() if run.looks_like_run() else {}
     if manifest and manifest.get("kind") != "image-folder":
-        if out is not None and Path(out) != source:
+        if out is not None and Path(out).resolve() != source.resolve():
             raise AuditError("--out is only for plain image folders; a run keeps its scores inside")
         items = run.items()
         return run, items[items["status"] == "done"], source
     # A plain folder: list it afresh (new files get scored) and record the list as items.
     root = Path(manifest.get("images_root", source))
     target = RunDir(out or source)
+    if out is not None and Path(out).resolve() != source.resolve():
+        check_output(Path(out), inputs=[source], folder=True, may_be_run=True)
+        if target.looks_like_run():
+            theirs = target.read_manifest()
+            if (
+                theirs.get("kind") != "image-folder"
+                or Path(theirs.get("images_root", "")) != Path(root).resolve()
+            ):
+                what = theirs.get("kind", "a run")
+                raise AuditError(
+                    f"--out {out} already holds another run ({what}); its files are kept: "
+                    f"choose a new --out for the scores of {source}"
+                )
     items = folder_items(root)
     atomic_write_parquet(items, target.items_path)
     if not target.exists():
@@ -229,6 +248,32 @@ def classify_run(
     run, items, base = _target(Path(source), Path(out) if out else None)
     mine = items.reset_index(drop=True) if every_shard else shard.take(items.reset_index(drop=True))
     summary: dict[str, Any] = {"source": str(source), "shard": shard.name, "images": len(mine)}
+    with hold_shard(run.path, shard.name):
+        _classify_each(run, mine, base, classifiers, summary, shard, nudenet_rule, threshold,
+                       nudenet_model, clip_model, safety_checker_model, batch_size, workers,
+                       progress)  # fmt: skip
+        if shard.count == 1 or _all_shards_done(run, items, classifiers):
+            consolidate_scores(run)  # reads nothing when no classifier has parts
+    return summary
+
+
+def _classify_each(
+    run: RunDir,
+    mine: pd.DataFrame,
+    base: Path,
+    classifiers: tuple[str, ...] | list[str],
+    summary: dict[str, Any],
+    shard: Shard,
+    nudenet_rule: Any,
+    threshold: float | None,
+    nudenet_model: str | Path | None,
+    clip_model: str | None,
+    safety_checker_model: str | None,
+    batch_size: int,
+    workers: int,
+    progress: bool,
+) -> None:
+    """Score this shard's images with each classifier (the run's shard lock is held)."""
     for name in classifiers:
         model = _make(
             name,
@@ -248,9 +293,6 @@ def classify_run(
         counts["seconds"] = round(time.perf_counter() - started, 3)
         counts["already_scored"] = len(mine) - len(todo)
         summary[name] = counts
-    if shard.count == 1 or _all_shards_done(run, items, classifiers):
-        consolidate_scores(run)  # reads nothing when no classifier has parts
-    return summary
 
 
 def _write_meta(run: RunDir, name: str, model: Any, rule: Any, threshold: float | None) -> None:
@@ -262,9 +304,16 @@ def _write_meta(run: RunDir, name: str, model: Any, rule: Any, threshold: float 
         "threshold": (threshold if threshold is not None else rule.threshold)
         if name == "nudenet"
         else None,
-        **environment_info(),
     }
-    atomic_write_text(run.scores_dir / f"{name}.json", json.dumps(meta, indent=2) + "\n")
+    path = run.scores_dir / f"{name}.json"
+    try:  # the same recipe again: the record stays as written (a finished file is not churned)
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if {k: old.get(k) for k in meta} == json.loads(json.dumps(meta)):
+            return
+    except (OSError, ValueError):
+        pass
+    meta.update(environment_info())
+    atomic_write_text(path, json.dumps(meta, indent=2) + "\n")
 
 
 class BatchClassifier:

@@ -28,11 +28,10 @@ def figures(
     """Redraw figures from RUN/results/*.csv (or, with --all, the top-level figures/ folder)."""
     written: list[Path] = []
     if all_:
-        try:
-            from analysis.figures.regenerate import regenerate_all
-        except ImportError as exc:
-            raise AuditError("figure regeneration (--all) is not available in this build") from exc
-        written += regenerate_all(out)
+        from analysis.figures.regenerate import regenerate_all
+        from analysis.store.ownership import check_output
+
+        written += regenerate_all(check_output(out, inputs=runs or [], folder=True))
     from analysis.figures import draw_all
 
     for run in runs or []:

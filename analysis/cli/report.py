@@ -26,6 +26,8 @@ def report(
 ) -> None:
     """Provenance, methods, results with intervals, figures and (blurred) samples in one file."""
     from analysis.report import write_report
+    from analysis.store.ownership import check_output
 
+    check_output(out, inputs=[*runs, guardrails])
     path = write_report(runs, out, fmt=fmt, blur=not no_blur, title=title, guardrails=guardrails)
     console.print(f"report written: {path} ({path.stat().st_size / 1e6:.1f} MB)")

@@ -7,7 +7,6 @@ default in this project's Makefile); a missing model is one clear error.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import torch
 
 from analysis.errors import AuditError
+from analysis.generation.devices import check_device
 from analysis.store.hashing import sha256_file, weights_sha256
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -201,6 +201,29 @@ def _read_unet_state(path: Path) -> dict[str, Any]:
     return state
 
 
+def _check_unet_tensors(path: Path, state: dict[str, Any], unet: Any) -> None:
+    """Refuse weights that would load without changing the model or change it silently.
+
+    An ESD file may hold only some keys (strict=False), so an empty file, or one whose keys all
+    miss, would audit the base model under the file's name; load_state_dict casts int8 or bool
+    tensors to the UNet's float dtype without a word, and NaN weights sample noise.
+    """
+    if not state:
+        raise AuditError(f"--unet {path} holds no tensors; it would leave the base UNet as is")
+    if not set(state) & set(unet.state_dict()):
+        raise AuditError(
+            f"--unet {path}: none of its {len(state)} tensors is a key of this model's UNet "
+            f"(e.g. {next(iter(state))!r})"
+        )
+    for name, tensor in state.items():
+        if not tensor.dtype.is_floating_point:
+            raise AuditError(
+                f"--unet {path}: tensor {name!r} is {tensor.dtype}, not floating-point weights"
+            )
+        if not torch.isfinite(tensor).all():  # e.g. a diverged training run's output
+            raise AuditError(f"--unet {path}: tensor {name!r} holds NaN or infinite values")
+
+
 def _swap_unet(unet: Any, path: Path) -> dict[str, Any]:
     """Load UNet weights from a file or folder into `unet` (concept-erased models: ESD, UCE)."""
     if not path.exists():
@@ -225,6 +248,7 @@ def _swap_unet(unet: Any, path: Path) -> dict[str, Any]:
             state = convert_ldm_unet_checkpoint(state, dict(unet.config))
         except Exception as exc:
             raise AuditError(f"--unet {path}: cannot convert its ldm UNet keys: {exc}") from exc
+    _check_unet_tensors(path, state, unet)
     try:
         missing, unexpected = unet.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches
@@ -278,16 +302,6 @@ def _vae_upcast(components: dict[str, Any], family: str, dtype: torch.dtype) -> 
     return {}
 
 
-def _rank_device(device: str) -> str:
-    """Under torchrun each rank takes its own GPU: 'cuda' becomes cuda:LOCAL_RANK."""
-    local = os.environ.get("LOCAL_RANK")
-    if device == "cuda" and local is not None:
-        if not local.strip().isdigit():
-            raise AuditError(f"environment variable LOCAL_RANK={local!r} is not a GPU index")
-        return f"cuda:{int(local)}"
-    return device
-
-
 def _device_name(device: torch.device) -> str:
     """The hardware, recorded: the same B and dtype on another GPU model may differ in bits."""
     if device.type == "cuda":
@@ -337,12 +351,7 @@ def load_model(
     """
     if dtype not in DTYPES:
         raise AuditError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    device = _rank_device(device)
-    try:
-        torch_device = torch.device(device)
-        torch.empty(0, device=torch_device)
-    except (RuntimeError, AssertionError) as exc:
-        raise AuditError(f"device {device!r} is not usable here: {exc}") from exc
+    torch_device = torch.device(check_device(device))
     path = Path(model)
     if model in BUILTIN:
         components, prov = _from_builtin(model)

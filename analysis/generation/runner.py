@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from analysis.errors import AuditError, Interrupted, one_line
+from analysis.generation.devices import check_device
 from analysis.store import (
     ITEM_COLUMNS,
     PartWriter,
@@ -32,6 +34,7 @@ from analysis.store import (
     atomic_write_text,
 )
 from analysis.store.names import check_safe_name
+from analysis.store.ownership import LOCKS, busy_shards, hold_claim, hold_shard
 from analysis.store.progress import Progress
 from analysis.store.provenance import environment_info
 
@@ -287,7 +290,9 @@ def open_run(spec: GenerationSpec, out: Path) -> tuple[RunDir, pd.DataFrame, boo
         return run, run.items(), True
     if out.exists() and not out.is_dir():
         raise AuditError(f"--out {out} is a file, not a folder")
-    if out.exists() and any(out.iterdir()):
+    if run.looks_like_run():
+        run.read_manifest()  # raises: a run whose manifest is missing is not re-initialised
+    if out.exists() and any(p.name != LOCKS for p in out.iterdir()):
         raise AuditError(
             f"{out} exists and is not empty but holds no t2i-audit run; choose another --out"
         )
@@ -385,8 +390,46 @@ def run_generation(
     `model` may be an already loaded model (notebooks, tests) to skip loading. PNG writing and
     `after_batch(rows)` (e.g. classifying the new images) run on a saver thread while the next
     batch samples; a batch's part rows are written only after its PNGs, so a crash loses at
-    most the batches in flight, which a re-run regenerates bit-identically.
+    most the batches in flight, which a re-run regenerates bit-identically. The shard's write
+    lock is held throughout (a second writer of the same shard is refused, naming this one).
     """
+    with ExitStack() as locks:
+        return _run_generation(
+            spec, out, shard, batch_size, device, progress, model, after_batch, locks
+        )
+
+
+def _claim_locked(
+    spec: GenerationSpec, out: Path, shard: Shard, locks: ExitStack
+) -> tuple[RunDir, pd.DataFrame]:
+    """Claim (or extend) the folder under its claim lock, re-checking what is there now: two
+    starts on one new folder cannot both claim it, and a start whose settings differ from a run
+    claimed meanwhile is refused. Then hold this shard's lock."""
+    with hold_claim(out):
+        run, items, exists = open_run(spec, out)
+        if not exists:  # new, or an extension: nobody may be writing the old settings
+            busy = busy_shards(out, spec.spec_hash())
+            if busy:
+                raise AuditError(
+                    f"{out} is being written with other settings ({'; '.join(busy)}); "
+                    "extend it once they finish, or choose another --out"
+                )
+            claim_run(spec, run, items)
+        locks.enter_context(hold_shard(out, shard.name, spec.spec_hash()))  # re-entrant
+    return run, items
+
+
+def _run_generation(
+    spec: GenerationSpec,
+    out: str | Path,
+    shard: Shard | None,
+    batch_size: int | None,
+    device: str,
+    progress: bool,
+    model: Any,
+    after_batch: Callable[[list[dict[str, Any]]], None] | None,
+    locks: ExitStack,
+) -> dict[str, Any]:
     if batch_size is not None and batch_size != spec.batch_size:
         raise AuditError(
             f"the batch size is part of the spec (it is the shape of every model call): build "
@@ -394,6 +437,10 @@ def run_generation(
         )
     shard = shard or Shard()
     out = Path(out)
+    if model is None:
+        device = check_device(device)  # an unusable device fails before anything is written
+    if RunDir(out).exists():  # before reading or loading: a second writer of a shard stops here
+        locks.enter_context(hold_shard(out, shard.name, spec.spec_hash()))
     run, items, exists = open_run(spec, out)
     mine = shard.take(items)
     on_disk = mine["image_path"].isin(_image_files(run))  # one directory walk, no stat per image
@@ -412,7 +459,7 @@ def run_generation(
     }
     if not batches:
         if not exists:
-            claim_run(spec, run, items)
+            run, items = _claim_locked(spec, out, shard, locks)
         _finish(run, items, summary)
         return summary
 
@@ -436,7 +483,7 @@ def run_generation(
         config = resolve_config({c.name: c for c in spec.configs}[first["config"].iloc[0]])
         compiled = compile_unet(loaded, spec, list(first["prompt"]), list(first["seed"]), config)
     if not exists:
-        claim_run(spec, run, items)
+        run, items = _claim_locked(spec, out, shard, locks)
     runtime = {
         "shard": shard.name,
         "device": str(getattr(loaded, "device", device)),

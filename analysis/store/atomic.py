@@ -15,6 +15,7 @@ import pandas as pd
 from PIL import Image
 
 from analysis.errors import AuditError
+from analysis.store.ownership import contained
 
 
 def _umask() -> int:
@@ -36,7 +37,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     The file gets the permissions of a normally created one (0666 minus the umask): mkstemp's
     private 0600 would hide results from the collaborators the umask allows.
     """
-    path = Path(path)
+    path = contained(Path(path))  # a write into a run never leaves it through a symlink
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)

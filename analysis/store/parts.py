@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from analysis.errors import AuditError
+from analysis.store.ownership import contained
 from analysis.store.sharding import Shard
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ class PartWriter:
     """Durable appender of result rows for one stage and one shard."""
 
     def __init__(self, run: RunDir, stage: str, shard: Shard) -> None:
-        self.path = run.parts_dir / stage / f"{shard.name}.jsonl"
+        self.path = contained(run.parts_dir / stage / f"{shard.name}.jsonl")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except PermissionError as exc:

@@ -15,6 +15,7 @@ import pandas as pd
 
 from analysis.errors import AuditError
 from analysis.store.atomic import atomic_write_parquet, atomic_write_text, read_parquet
+from analysis.store.ownership import LOCKS, run_markers
 from analysis.store.parts import part_sizes, read_parts, retire_parts
 
 ITEM_COLUMNS = [
@@ -69,17 +70,35 @@ class RunDir:
     def exists(self) -> bool:
         return self.manifest_path.is_file()
 
+    def looks_like_run(self) -> bool:
+        """Any run file is here (plan, parts, scores...), whether or not the manifest is readable:
+        such a folder is never treated as a plain folder and re-initialised."""
+        return bool([m for m in run_markers(self.path) if m != LOCKS])
+
     def read_manifest(self) -> dict[str, Any]:
         """The manifest, or an AuditError saying this is not a run directory."""
+        if not self.manifest_path.is_file() and self.looks_like_run():
+            raise AuditError(
+                f"{self.path} is a t2i-audit run whose manifest.json is missing (it has "
+                f"{', '.join(m for m in run_markers(self.path) if m != LOCKS)}); restore "
+                "manifest.json from a backup: nothing was changed"
+            )
         if not self.manifest_path.is_file():
             raise AuditError(
                 f"{self.path} is not a t2i-audit run (no manifest.json); "
                 "create one with `t2i-audit generate ... --out` or a probe command"
             )
         try:
-            return json.loads(self.manifest_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise AuditError(f"{self.manifest_path} is not valid JSON: {exc}") from exc
+            manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or exc
+            raise AuditError(
+                f"{self.manifest_path} is unreadable ({reason}); restore it from a backup: "
+                "nothing was changed"
+            ) from None
+        if not isinstance(manifest, dict):
+            raise AuditError(f"{self.manifest_path} is not a JSON object; restore it from a backup")
+        return manifest
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         atomic_write_text(self.manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
