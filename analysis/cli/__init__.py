@@ -4,13 +4,32 @@ from __future__ import annotations
 
 import gc
 import sys
+from typing import Any
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from analysis.errors import AuditError
 
+
+class _Interrupted(Exception):
+    """A Ctrl-C inside a command, with the stage's own message (what was kept, how to resume)."""
+
+
+class _Group(TyperGroup):
+    """typer turns a KeyboardInterrupt into a bare exit status 130 and drops its message; catch it
+    first so `main` can print the line the README promises."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            raise _Interrupted(str(exc)) from None
+
+
 app = typer.Typer(
+    cls=_Group,
     name="t2i-audit",
     help="Audit text-to-image models for inappropriate degeneration and ethnic bias.",
     no_args_is_help=True,
@@ -66,14 +85,11 @@ def main(argv: list[str] | None = None) -> None:
         if exc.format_message():  # empty for "no arguments: help was shown"
             _error(exc.format_message())
         sys.exit(exc.exit_code)
-    except typer.Abort:
-        err_console.print("[yellow]aborted[/]")
-        sys.exit(130)
-    except KeyboardInterrupt as exc:
-        message = (
-            str(exc) or "interrupted: finished items are kept; re-run the same command to resume"
+    except (_Interrupted, typer.Abort, KeyboardInterrupt) as exc:
+        message = (str(exc) if isinstance(exc, _Interrupted | KeyboardInterrupt) else "") or (
+            "interrupted: finished items are kept; re-run the same command to resume"
         )
-        err_console.print(f"[yellow]{message}[/]", highlight=False)
+        err_console.print(message, style="yellow", highlight=False, markup=False, soft_wrap=True)
         sys.exit(130)
     finally:
         if argv is None:  # the console script, about to exit (not a caller passing its argv)
