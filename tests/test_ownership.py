@@ -257,3 +257,35 @@ def test_a_failed_start_of_an_audit_writes_nothing(tmp_path, capsys) -> None:
     assert code == 2 and "cuda:9" in err
     assert not out.exists()
     assert time.time() - start < 60
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["generate", "--model", "tiny", "--prompt", "x", *GEN, "--out", "{tmp}/new"],
+        ["report", "{run}", "--out", "{tmp}/new/report.html"],
+        ["classify", "{pngs}", "--out", "{tmp}/new"],
+    ],
+    ids=["generate", "report", "classify"],
+)
+def test_a_full_disk_is_one_line_before_any_work(run, tmp_path, capsys, monkeypatch, argv) -> None:
+    import shutil as sh
+
+    from analysis.store import ownership
+
+    pngs = images(tmp_path)
+    usage = sh.disk_usage(tmp_path)
+    monkeypatch.setattr(ownership.shutil, "disk_usage", lambda p: usage._replace(free=4096))
+    before = digest(run)
+    code, err = cli(capsys, *[a.format(tmp=tmp_path, run=run, pngs=pngs) for a in argv])
+    assert code == 2 and "is full (4096 bytes free)" in err
+    assert not (tmp_path / "new").exists()
+    assert digest(run) == before
+
+
+def test_an_output_under_a_file_is_one_line(tmp_path, capsys) -> None:
+    (tmp_path / "f").write_text("x")
+    code, err = cli(
+        capsys, "generate", "--model", "tiny", "--prompt", "x", *GEN, "--out", tmp_path / "f" / "r"
+    )
+    assert code == 2 and "is a file, not a folder" in err

@@ -34,7 +34,13 @@ from analysis.store import (
     atomic_write_text,
 )
 from analysis.store.names import check_safe_name
-from analysis.store.ownership import LOCKS, busy_shards, hold_claim, hold_shard
+from analysis.store.ownership import (
+    LOCKS,
+    busy_shards,
+    hold_claim,
+    hold_shard,
+    writable_or_refuse,
+)
 from analysis.store.progress import Progress
 from analysis.store.provenance import environment_info
 
@@ -437,6 +443,7 @@ def _run_generation(
         )
     shard = shard or Shard()
     out = Path(out)
+    writable_or_refuse(out)  # a read-only or full disk fails now, not after the model loads
     if model is None:
         device = check_device(device)  # an unusable device fails before anything is written
     if RunDir(out).exists():  # before reading or loading: a second writer of a shard stops here
