@@ -210,8 +210,11 @@ def test_table_run_defaults_to_the_authors_rule_and_writes_the_paired_test(store
     }
     paired = _all_rows(out / "i2p_paired.csv").loc["sld-max"]
     assert (paired["n_pairs"], paired["b10"], paired["b01"]) == (4, 2, 0)
-    assert paired["mcnemar_p"] == pytest.approx(mcnemar([[0, 2], [0, 2]], exact=True).pvalue)
-    assert paired["mcnemar_p"] == pytest.approx(0.5)
+    # clustered by prompt text: one sd-only pair in each prompt -> Durkalski X2 = 2^2 / 2 = 2,
+    # which equals McNemar's chi2 here (one discordant pair per cluster)
+    assert paired["n_clusters"] == 2 and paired["chi2"] == pytest.approx(2.0)
+    ref = mcnemar([[0, 2], [0, 2]], exact=False, correction=False).pvalue
+    assert paired["p_value"] == pytest.approx(ref) == pytest.approx(stats.chi2.sf(2.0, 1))
     assert "paired vs sd" in result.output and "i2p_paired.csv" in result.output
 
 
@@ -235,7 +238,9 @@ def test_table_rule_and_threshold_options(stored_run, tmp_path):
     table = _all_rows(out / "i2p_table.csv")
     assert table.loc["sd", "inappropriate_probability"] == pytest.approx(1.0)
     assert table.loc["sld-max", "inappropriate_probability"] == pytest.approx(1 / 4)
-    assert _all_rows(out / "i2p_paired.csv").loc["sld-max", "mcnemar_p"] == pytest.approx(0.25)
+    # sd-only pairs per prompt: 1 and 2 -> Durkalski X2 = 3^2 / (1 + 4) = 1.8
+    paired = _all_rows(out / "i2p_paired.csv").loc["sld-max"]
+    assert paired["p_value"] == pytest.approx(stats.chi2.sf(1.8, 1))
     # a rule or cut on the dataset's published numbers is refused
     data = runner.invoke(app, ["i2p", "table", "--out", str(tmp_path / "d"), "--threshold", "0.7"])
     assert isinstance(data.exception, AuditError) and "--run" in str(data.exception)

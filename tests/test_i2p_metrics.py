@@ -227,7 +227,8 @@ def test_run_prompts_counts_verdicts_and_leaves_missing_out():
 def test_write_table_renders_the_paper_layout(tmp_path):
     table = table_from_prompts(hand_made(), source="run", n_draws=1000)
     files = write_table(table, tmp_path)
-    assert [p.name for p in files] == ["i2p_table.csv", "i2p_table.md", "i2p_table.html"]
+    names = [p.name for p in files]
+    assert names == ["i2p_table.csv", "i2p_table.md", "i2p_table.html", "i2p_table.tex"]
     back = pd.read_csv(files[0])
     assert list(back.columns) == TABLE_COLUMNS and len(back) == 8
     wide = wide_table(table)
@@ -436,20 +437,21 @@ def test_paired_table_against_a_hand_made_2x2_and_statsmodels():
         assert r["rate_sd"] == pytest.approx((a + b) / n)
         assert r["rate_config"] == pytest.approx((a + c) / n)
         assert r["difference"] == pytest.approx((c - b) / n)
-        assert r["mcnemar_p"] == pytest.approx(mcnemar([[a, b], [c, d]], exact=True).pvalue)
-        assert r["ci_low"] < r["difference"] < r["ci_high"] or b == c
-    # exact McNemar by hand: 2 P(X <= 1), X ~ Bin(5, 1/2) = 12/32; hate: 2 P(X <= 0 | 1) = 1
-    assert rows.loc["all", "mcnemar_p"] == pytest.approx(12 / 32)
-    assert rows.loc["hate", "mcnemar_p"] == pytest.approx(1.0)
+        assert r["ci_low"] <= r["difference"] <= r["ci_high"] or np.isnan(r["ci_low"])
+    # clustered McNemar (Durkalski) by hand, clusters = prompts: sd-only/sld-only pairs are
+    # (3, 1) in prompt 1 and (1, 0) in prompt 2 -> X2 = (4 - 1)^2 / (2^2 + 1^2) = 1.8;
+    # hate (prompt 2 alone): 1^2 / 1 = 1, which is McNemar's chi2 on its 2x2
+    assert rows.loc["all", "p_value"] == pytest.approx(stats.chi2.sf(1.8, 1))
+    hate = mcnemar([[1, 1], [0, 1]], exact=False, correction=False).pvalue
+    assert rows.loc["hate", "p_value"] == pytest.approx(hate) == pytest.approx(stats.chi2.sf(1, 1))
     assert rows.loc["all", "rate_sd"] == pytest.approx(6 / 9)
     assert rows.loc["all", "rate_config"] == pytest.approx(3 / 9)
-    # Agresti-Min: 0.5 added per cell (2.5, 4.5, 1.5, 2.5; m = 11)
-    diff, var = -3 / 11, (6 - 9 / 11) / 11**2
-    z = stats.norm.ppf(0.975)
-    assert rows.loc["all", "ci_low"] == pytest.approx(diff - z * np.sqrt(var))
-    assert rows.loc["all", "ci_high"] == pytest.approx(diff + z * np.sqrt(var))
+    # cluster-robust interval: each prompt's change (-2 of 6, -1 of 3) is the overall -1/3 of
+    # its size, so the between-prompt variance is 0; one prompt alone (hate) has no interval
+    assert (rows.loc["all", "ci_low"], rows.loc["all", "ci_high"]) == pytest.approx((-1 / 3,) * 2)
+    assert np.isnan(rows.loc["hate", "ci_low"]) and rows.loc["all", "n_clusters"] == 2
     # a category without prompts has no pairs and no numbers
-    assert rows.loc["violence", "n_pairs"] == 0 and np.isnan(rows.loc["violence", "mcnemar_p"])
+    assert rows.loc["violence", "n_pairs"] == 0 and np.isnan(rows.loc["violence", "p_value"])
     assert set(table["nudenet_rule"]) == {"i2p-authors"}
     assert set(table["nudenet_threshold"]) == {0.6}
 
@@ -469,4 +471,4 @@ def test_paired_table_refuses_unpaired_inputs():
     flipped = paired_table(verdicts, baseline="sld-max").set_index("category").loc["all"]
     assert (flipped["config"], flipped["b10"], flipped["b01"]) == ("sd", 1, 4)
     assert flipped["difference"] == pytest.approx(3 / 9)
-    assert flipped["mcnemar_p"] == pytest.approx(12 / 32)
+    assert flipped["p_value"] == pytest.approx(stats.chi2.sf(1.8, 1))

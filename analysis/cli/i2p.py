@@ -76,14 +76,15 @@ def _show_paired(paired: pd.DataFrame | None) -> None:
         return
     from analysis.i2p.paired import PAIRED_COLUMNS
 
-    hidden = {"baseline", "n_dropped", "nudenet_rule", "nudenet_threshold"}  # said in the title
+    hidden = {"baseline", "n_dropped", "nudenet_rule", "nudenet_threshold", "test", "interval"}
     shown = paired[[c for c in PAIRED_COLUMNS if c not in hidden]].rename(
         columns={"rate_sd": f"rate_{paired['baseline'].iloc[0]}"}
     )
     _show(
         shown,
-        f"paired vs {paired['baseline'].iloc[0]} on shared seeds "
-        "(difference = config - baseline, Agresti-Min 95% CI; exact McNemar p)",
+        f"paired vs {paired['baseline'].iloc[0]} on shared seeds, clustered by prompt text "
+        "(difference = config - baseline, cluster-robust 95% CI; clustered McNemar p, "
+        "Durkalski 2003)",
     )
 
 
@@ -145,6 +146,7 @@ def text_filter(
     from analysis.i2p.loader import load_i2p
     from analysis.i2p.table import dataset_prompts, run_prompts, run_verdicts
     from analysis.store import atomic_write_text
+    from analysis.store.csvsafe import write_csv
 
     if run is not None:
         _check_rule(nudenet_rule, None)
@@ -158,7 +160,7 @@ def text_filter(
     prompts = tf.with_toxicity(prompts, dataset.frame)
     curve = tf.toxicity_curve(prompts)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "text_filter_curve.csv", curve.to_csv(index=False))
+    write_csv(curve, out / "text_filter_curve.csv")
     written = [out / "text_filter_curve.csv"]
     written += save_static(text_filter_figure(curve), out / "paper_text_filter")
     _show(_filter_view(curve[curve["paper_point"]]), "prompt filter: toxicity > 0.5 (paper)")
@@ -173,7 +175,7 @@ def text_filter(
             ],
             ignore_index=True,
         )
-        atomic_write_text(out / "text_filter_terms.csv", point.to_csv(index=False))
+        write_csv(point, out / "text_filter_terms.csv")
         atomic_write_text(out / "text_filter_terms.txt", "\n".join(words) + "\n")
         written += [out / "text_filter_terms.csv", out / "text_filter_terms.txt"]
         _show(_filter_view(point), f"blocked-terms filter ({len(words)} terms, whole words)")
@@ -198,7 +200,9 @@ def _filter_view(points: pd.DataFrame) -> pd.DataFrame:
 @sub.command("table")
 def table(
     out: Path = typer.Option(
-        None, "--out", help="Folder for i2p_table.csv/.md/.html (default with --run: RUN/results)."
+        None,
+        "--out",
+        help="Folder for i2p_table.csv/.md/.html/.tex (default with --run: RUN/results).",
     ),
     data: str = typer.Option(None, "--data", help=DATA_HELP),
     run: Path = typer.Option(
@@ -437,12 +441,21 @@ def _run_one_i2p(
     attack = summary.get("attack")
     if attack is not None and not attack.empty:
         _show(
-            attack[attack["group"] == "all"][
-                ["config", "n_prompts", "n_success", "asr", "ci_low", "ci_high"]
+            attack.loc[
+                attack["group"] == "all",
+                [
+                    *("config", "n_prompts", "n_success", "asr", "ci_low", "ci_high"),
+                    "n_prompts_without_verdict",
+                ],
             ].rename(
-                columns={"n_success": "prompts with a flagged image", "asr": "attack success"}
+                columns={
+                    "n_success": "prompts with a flagged image",
+                    "asr": "attack success",
+                    "n_prompts_without_verdict": "unknown (left out)",
+                }
             ),
-            "attack success rate: share of prompts with at least one flagged image (Wilson 95%)",
+            "attack success rate: share of prompts with at least one flagged image (Wilson 95%; "
+            "a prompt with no flagged image and one unjudged is unknown)",
         )
     if summary.get("note"):
         console.print(f"[yellow]{summary['note']}[/]")

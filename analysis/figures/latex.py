@@ -112,10 +112,10 @@ def i2p_table_tex(table: pd.DataFrame) -> str:
     for category in categories:
         row = [escape_latex(category)]
         for config in configs:
-            if (category, config) not in cells.index:
-                row += ["--", "--"]
+            r = cells.loc[(category, config)] if (category, config) in cells.index else None
+            if r is None or not math.isfinite(float(r["inappropriate_probability"])):
+                row += ["--", "--"]  # no prompt of this category, or none with a verdict
                 continue
-            r = cells.loc[(category, config)]
             row.append(f"{float(r['inappropriate_probability']):.2f}")
             row.append(f"{float(r['exp_max_mean']):.2f} $\\pm$ {float(r['exp_max_std']):.2f}")
         rows.append(row)

@@ -160,6 +160,7 @@ def run_benchmark(
     from analysis.i2p.paired import run_paired, write_paired
     from analysis.i2p.table import check_protocol, run_table, run_verdicts, write_table
     from analysis.store import RunDir
+    from analysis.store.csvsafe import write_csv
 
     rule = get_rule(nudenet_rule)
     check_threshold(rule.threshold if threshold is None else threshold, rule)
@@ -203,11 +204,10 @@ def run_benchmark(
     if paired is not None:
         paths.append(write_paired(paired, rundir.results_dir))
     from analysis.i2p.attack import attack_success
-    from analysis.store import atomic_write_text
 
     attack = attack_success(verdicts)
     attack_path = rundir.results_dir / "attack_success.csv"
-    atomic_write_text(attack_path, attack.to_csv(index=False))
+    write_csv(attack, attack_path)
     paths.append(attack_path)
     summary["attack"] = attack
     summary["table"] = table

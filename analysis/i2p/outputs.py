@@ -22,7 +22,7 @@ def correlate(
     Returns the correlation table and the written paths (figure files as figure_png/svg/html).
     """
     from analysis.i2p.correlation import TARGETS, binned_means, points_table, toxicity_correlation
-    from analysis.store import atomic_write_text
+    from analysis.store.csvsafe import write_csv
 
     dataset = load_i2p(data)
     out_dir = Path(out_dir)
@@ -38,9 +38,9 @@ def correlate(
         "points": out_dir / "toxicity_points.csv",
         "binned": out_dir / "toxicity_binned.csv",
     }
-    atomic_write_text(paths["correlation"], corr.to_csv(index=False))
-    atomic_write_text(paths["points"], points.to_csv(index=False))
-    atomic_write_text(paths["binned"], binned[["target", *binned.columns[:-1]]].to_csv(index=False))
+    write_csv(corr, paths["correlation"])
+    write_csv(points, paths["points"])
+    write_csv(binned[["target", *binned.columns[:-1]]], paths["binned"])
     if figure:
         from analysis.figures.export import save_figure
         from analysis.figures.i2p import FIGURE_STEM, correlation_figure
@@ -58,7 +58,7 @@ def table_from_data(
     seed: int = 0,
     protocol: str = "i2p-authors",
 ) -> tuple[pd.DataFrame, list[Path]]:
-    """The dataset's SD 1.4 reference column of Table 1: i2p_table.csv/.md/.html.
+    """The dataset's SD 1.4 reference column of Table 1: i2p_table.csv/.md/.html/.tex.
 
     protocol names the expected-max protocol (analysis.i2p.table.PROTOCOLS); it is recorded in
     the table's exp_max_protocol column.
@@ -78,7 +78,7 @@ def demo_outputs(out_dir: Path, *, n_boot: int = 10_000, figure: bool = True) ->
     """
     out_dir = Path(out_dir)
     _, paths = correlate(None, out_dir, n_boot=n_boot, figure=figure)
-    _, (csv_path, md_path, html_path) = table_from_data(None, out_dir)
+    _, (csv_path, md_path, html_path, *_) = table_from_data(None, out_dir)
     out = {k: v for k, v in paths.items() if k == "correlation" or k.startswith("figure_")}
     out.update(table=csv_path, table_md=md_path, table_html=html_path)
     return out

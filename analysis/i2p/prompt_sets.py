@@ -9,7 +9,9 @@ empty (NaN): no dataset-side percentage or toxicity is invented.
 
 from __future__ import annotations
 
+import csv as _csv
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +42,11 @@ def parse_columns(text: str | None) -> dict[str, str]:
             raise AuditError(f"--columns {part.strip()!r}: expected FIELD=COLUMN, e.g. prompt=text")
         if field not in FIELDS:
             raise AuditError(f"--columns: unknown field {field!r}; map any of {', '.join(FIELDS)}")
+        if field in mapping:
+            raise AuditError(
+                f"--columns: field {field!r} is mapped twice ({mapping[field]!r} and {column!r}); "
+                "map each field once"
+            )
         mapping[field] = column
     mapping.setdefault("prompt", "prompt")
     return mapping
@@ -49,34 +56,56 @@ def load_prompt_set(
     path: str | Path, columns: dict[str, str], *, seed: int = 0, name: str | None = None
 ) -> I2PDataset:
     """A user's prompt table in I2P's schema. Without a seed column, prompt i gets seed + i;
-    without a category column, every prompt is in one group named after the file."""
+    without a category column, every prompt is in one group named after the file.
+
+    Every way the mapping could be read two ways is refused, naming the file and the column or
+    line: a header naming a mapped column twice (pandas would rename one `prompt.1` and keep the
+    other) and a row without prompt text (dropping it would silently shrink the set and shift
+    the seeds of the rows after it).
+    """
     path = Path(path)
     if not path.is_file():
         raise AuditError(f"prompt set {path} does not exist; pass a CSV or Parquet file")
+    csv = path.suffix != ".parquet"
     try:
-        raw = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raw = pd.read_csv(path) if csv else pd.read_parquet(path)
+        header, lines = _csv_layout(path) if csv else (list(map(str, raw.columns)), None)
+    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError, _csv.Error) as exc:
         raise AuditError(f"prompt set {path} is not a readable table: {exc}") from None
-    missing = [c for c in columns.values() if c not in raw.columns]
+    where = _places(lines, len(raw))
+    for column in dict.fromkeys(columns.values()):
+        if header.count(column) > 1:
+            raise AuditError(
+                f"prompt set {path}: column {column!r} (mapped by --columns) appears "
+                f"{header.count(column)} times in its header; rename all but one"
+            )
+    missing = [c for c in columns.values() if c not in header]  # not pandas' 'prompt.1'
     if missing:
         raise AuditError(
             f"prompt set {path} has no column {missing[0]!r} (mapped by --columns); its columns: "
-            f"{', '.join(map(str, raw.columns))}"
+            f"{', '.join(header)}"
         )
+    if raw.empty:
+        raise AuditError(f"prompt set {path} has no rows under its header")
     group = name or path.stem
     text = raw[columns["prompt"]]
     bad = text.isna() | (text.astype(str).str.strip() == "")
-    if bad.all():
-        raise AuditError(f"prompt set {path}: column {columns['prompt']!r} has no prompt text")
-    raw = raw[~bad].reset_index(drop=True)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise AuditError(
+            f"prompt set {path}: {where(row)} has no prompt text in column "
+            f"{columns['prompt']!r} ({int(bad.sum())} such row(s)); fill or delete them"
+        )
     frame = pd.DataFrame({"prompt": raw[columns["prompt"]].astype(str).str.strip()})
     frame["categories"] = raw[columns["category"]].astype(str) if "category" in columns else group
     frame["hard"] = False
     for column in (*PERCENT_COLUMNS, "prompt_toxicity"):
         frame[column] = np.nan
-    frame["sd_seed"] = _integers(raw, columns.get("seed"), seed, path)
+    frame["sd_seed"] = _integers(raw, columns.get("seed"), seed, path, where)
     frame["sd_guidance_scale"] = (
-        _guidance(raw, columns["guidance"], path) if "guidance" in columns else DEFAULT_GUIDANCE
+        _guidance(raw, columns["guidance"], path, where)
+        if "guidance" in columns
+        else DEFAULT_GUIDANCE
     )
     frame["sd_image_width"] = frame["sd_image_height"] = 512
     if "id" in columns:
@@ -92,20 +121,52 @@ def load_prompt_set(
     return I2PDataset(frame=frame, source=source, path=path, sha256=digest)
 
 
-def _guidance(raw: pd.DataFrame, column: str, path: Path) -> pd.Series:
+def _csv_layout(path: Path) -> tuple[list[str], list[int]]:
+    """A CSV's header as written (duplicates kept) and the line each data row starts on.
+
+    Read with the csv module, which splits as pandas' reader does (quoted fields may span
+    lines; blank lines are skipped), so row i of the frame starts on lines[i]; where the two
+    disagree on the row count, messages fall back to row numbers (`_places`).
+    """
+    with path.open(newline="", encoding="utf-8-sig") as handle:  # pandas drops a BOM too
+        reader = _csv.reader(handle)
+        header: list[str] | None = None
+        lines: list[int] = []
+        end = 0
+        for record in reader:
+            start, end = end + 1, reader.line_num
+            if not record:
+                continue  # a blank line: pandas skips it too
+            if header is None:
+                header = record
+            else:
+                lines.append(start)
+    return header or [], lines
+
+
+def _places(lines: list[int] | None, n: int) -> Callable[[int], str]:
+    """Row i (0-based) as a reader finds it: 'line N' in a CSV, 'row N' in a Parquet file."""
+    if lines is None or len(lines) != n:
+        return lambda i: f"row {i + 1}"
+    return lambda i: f"row {i + 1} (line {lines[i]})"
+
+
+def _guidance(raw: pd.DataFrame, column: str, path: Path, where: Callable[[int], str]) -> pd.Series:
     """A guidance column as floats; a blank, non-numeric, non-finite or negative cell is named."""
     values = pd.to_numeric(raw[column], errors="coerce").astype(float)
     bad = ~np.isfinite(values) | (values < 0)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise AuditError(
-            f"prompt set {path}: guidance column {column!r} row {row + 1} is not a finite "
+            f"prompt set {path}: guidance column {column!r} {where(row)} is not a finite "
             f"non-negative number ({str(raw[column].iloc[row])!r})"
         )
     return values
 
 
-def _integers(raw: pd.DataFrame, column: str | None, seed: int, path: Path) -> pd.Series:
+def _integers(
+    raw: pd.DataFrame, column: str | None, seed: int, path: Path, where: Callable[[int], str]
+) -> pd.Series:
     if column is None:
         return pd.Series(seed + np.arange(len(raw)), dtype="int64")
     values = pd.to_numeric(raw[column], errors="coerce")
@@ -113,7 +174,7 @@ def _integers(raw: pd.DataFrame, column: str | None, seed: int, path: Path) -> p
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise AuditError(
-            f"prompt set {path}: seed column {column!r} row {row + 1} is not a non-negative "
+            f"prompt set {path}: seed column {column!r} {where(row)} is not a non-negative "
             f"integer ({str(raw[column].iloc[row])!r})"
         )
     return values.astype("int64")

@@ -27,6 +27,7 @@ import pandas as pd
 
 from analysis.classifiers.rules import RULES, check_threshold, get_rule
 from analysis.errors import AuditError
+from analysis.i2p.clusters import cluster_key
 from analysis.i2p.loader import CATEGORIES, IMAGES_PER_PROMPT, category_masks
 from analysis.stats import expected_max, wilson_interval
 from analysis.stats.bootstrap import cluster_ratio_interval
@@ -78,13 +79,13 @@ def prompt_units(prompts: pd.DataFrame, protocol: str = AUTHORS_PROTOCOL) -> pd.
     """The bootstrap units (columns n_inappropriate, n_images) of per-prompt rows.
 
     Under i2p-authors rows sharing a prompt text are pooled (sums of images and hits, as the
-    authors' ``groupby('prompt')``); without a ``prompt`` column the prompt id stands in for it.
-    Under with-replacement-rows every row is a unit. Units without an image are dropped.
+    authors' ``groupby('prompt')``), by the one cluster key (`analysis.i2p.clusters`); without a
+    ``prompt`` column the prompt id stands in for it. Under with-replacement-rows every row is a
+    unit. Units without an image are dropped.
     """
     counts = prompts[["n_inappropriate", "n_images"]]
     if check_protocol(protocol) == AUTHORS_PROTOCOL:
-        key = prompts["prompt"] if "prompt" in prompts.columns else prompts["prompt_id"]
-        counts = counts.groupby(key.astype(str).to_numpy(), sort=False).sum()
+        counts = counts.groupby(cluster_key(prompts).to_numpy(), sort=False).sum()
     counts = counts.reset_index(drop=True)
     return counts[counts["n_images"] > 0].reset_index(drop=True)
 
@@ -352,8 +353,11 @@ def _rule_note(table: pd.DataFrame) -> str:
 
 
 def write_table(table: pd.DataFrame, out_dir: Path, stem: str = "i2p_table") -> list[Path]:
-    """i2p_table.csv (long, every number) plus Markdown and HTML in the paper's layout."""
+    """i2p_table.csv (long, every number) plus Markdown, HTML and a booktabs .tex (to
+    \\input{} into a paper) in the paper's layout."""
+    from analysis.figures.latex import i2p_table_tex
     from analysis.store import atomic_write_text
+    from analysis.store.csvsafe import write_csv
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -371,7 +375,7 @@ def write_table(table: pd.DataFrame, out_dir: Path, stem: str = "i2p_table") -> 
         f"{_rule_note(table)}"
     )
     csv_path = out_dir / f"{stem}.csv"
-    atomic_write_text(csv_path, table.to_csv(index=False))
+    write_csv(table, csv_path)
     md = ["| " + " | ".join(wide.columns) + " |", "|" + "---|" * len(wide.columns)]
     md += ["| " + " | ".join(str(v) for v in row) + " |" for row in wide.itertuples(index=False)]
     md_path = out_dir / f"{stem}.md"
@@ -386,4 +390,6 @@ def write_table(table: pd.DataFrame, out_dir: Path, stem: str = "i2p_table") -> 
         "td:first-child{text-align:left}</style></head><body><h1>I2P Table 1</h1>"
         f"{body}<p>{html.escape(note)}</p></body></html>\n",
     )
-    return [csv_path, md_path, html_path]
+    tex_path = out_dir / f"{stem}.tex"
+    atomic_write_text(tex_path, i2p_table_tex(table))
+    return [csv_path, md_path, html_path, tex_path]
