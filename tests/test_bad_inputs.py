@@ -600,7 +600,7 @@ def test_bad_input_is_one_named_line_and_loses_nothing(
     if case.setup:
         case.setup(work, run)
     before = {k: v for k, v in snapshot(run).items() if k not in case.changes}
-    manifest = (run / "manifest.json").read_bytes()
+    manifest = (run / "manifest.json").read_bytes() if (run / "manifest.json").is_file() else None
     for key, value in case.env.items():
         monkeypatch.setenv(key, value)
     argv = [a.format(tmp=work, run=run) for a in case.argv]

@@ -37,9 +37,9 @@ from analysis.store.names import check_safe_name
 from analysis.store.ownership import (
     LOCKS,
     busy_shards,
+    check_output,
     hold_claim,
     hold_shard,
-    writable_or_refuse,
 )
 from analysis.store.progress import Progress
 from analysis.store.provenance import environment_info
@@ -443,7 +443,8 @@ def _run_generation(
         )
     shard = shard or Shard()
     out = Path(out)
-    writable_or_refuse(out)  # a read-only or full disk fails now, not after the model loads
+    # never inside another run's own files; a read-only or full disk fails now, not after loading
+    check_output(out, folder=True, may_be_run=True)
     if model is None:
         device = check_device(device)  # an unusable device fails before anything is written
     if RunDir(out).exists():  # before reading or loading: a second writer of a shard stops here
@@ -488,7 +489,14 @@ def _run_generation(
 
         first = batches[0]
         config = resolve_config({c.name: c for c in spec.configs}[first["config"].iloc[0]])
-        compiled = compile_unet(loaded, spec, list(first["prompt"]), list(first["seed"]), config)
+        compiled = compile_unet(
+            loaded,
+            spec,
+            list(first["prompt"]),
+            list(first["seed"]),
+            config,
+            #GS
+        )
     if not exists:
         run, items = _claim_locked(spec, out, shard, locks)
     runtime = {
