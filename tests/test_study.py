@@ -257,7 +257,7 @@ def test_analysis_matches_hand_computed_numbers(study: dict) -> None:
                            ("a_decisive", n_a, n_a + n_b)):  # fmt: skip
             assert row[f"share_{name}"] == pytest.approx(k / n)
             assert (row[f"{name}_low"], row[f"{name}_high"]) == pytest.approx(_wilson(k, n))
-        assert row["sign_test_p"] == pytest.approx(_sign_p(n_a, n_a + n_b))
+        assert row["sign_test_p_per_answer"] == pytest.approx(_sign_p(n_a, n_a + n_b))
         # kappa over pairs every kept rater answered (r3 skipped one quality pair)
         complete = [
             [by_rater[r][i] for r in ("r1", "r2", "r3")]
@@ -269,7 +269,9 @@ def test_analysis_matches_hand_computed_numbers(study: dict) -> None:
         codes = np.array([[["a", "none", "b"].index(c) for c in r] for r in complete])
         assert row["fleiss_kappa"] == pytest.approx(fleiss_kappa(aggregate_raters(codes)[0]))
     # hand check of one number, so the oracle itself is pinned: quality, kept raters
-    assert table.loc["quality", "sign_test_p"] == pytest.approx(2 * (1 + 14 + 91 + 364) / 2**14)
+    assert table.loc["quality", "sign_test_p_per_answer"] == pytest.approx(
+        2 * (1 + 14 + 91 + 364) / 2**14
+    )
     written = pd.read_csv(folder / "results" / "preferences.csv").set_index("question")
     assert written.loc["alignment", "fleiss_kappa"] == pytest.approx(
         table.loc["alignment", "fleiss_kappa"]

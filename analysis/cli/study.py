@@ -56,7 +56,8 @@ def analyse(
         0, "--max-attention-failures", min=0, help="Attention answers a rater may get wrong."
     ),
 ) -> None:
-    """Preference shares with Wilson intervals, sign test, Fleiss' kappa; inattentive raters out."""
+    """Preference share with a raters x pairs bootstrap interval, Fleiss' kappa; inattentive
+    raters out. Per-answer Wilson intervals and sign test are shown, labelled per answer."""
     from analysis.study import analyse_study
 
     result = analyse_study(answers, key, out, max_attention_failures)
@@ -71,10 +72,13 @@ def analyse(
     if not raters["kept"].any():
         console.print("[yellow]no rater passed the attention checks: nothing is counted[/]")
     a, b = result["pair"]["a"], result["pair"]["b"]
-    table = Table(title=f"Preferences: a = {a}, b = {b}")
-    for col in ("question", "answers", "prefer a", "prefer b", "no pref.", "a among decisive"):
+    table = Table(
+        title=f"Preferences: a = {a}, b = {b}",
+        caption="a of decisive and p: raters x pairs bootstrap; other CIs, sign p: per answer",
+    )
+    for col in ("question", "answers", "prefer a", "prefer b", "no pref."):
         table.add_column(col, justify="left" if col == "question" else "right")
-    for col in ("sign test p", "Fleiss kappa"):
+    for col in ("a of decisive", "p", "sign p", "Fleiss kappa"):
         table.add_column(col, justify="right")
     for row in result["table"].to_dict(orient="records"):
         table.add_row(
@@ -83,8 +87,9 @@ def analyse(
             _share(row, "a"),
             _share(row, "b"),
             _share(row, "none"),
-            _share(row, "a_decisive"),
-            _num(row["sign_test_p"], ".3g"),
+            _share(row, "a_decisive", "a_decisive_cluster"),
+            _num(row["cluster_p"], ".3g"),
+            _num(row["sign_test_p_per_answer"], ".3g"),
             f"{_num(row['fleiss_kappa'], '.3f')} ({row['kappa_pairs']} pairs)",
         )
     console.print(table)
@@ -97,8 +102,11 @@ def _num(value: float, fmt: str) -> str:
     return "n/a" if value is None or not math.isfinite(value) else format(value, fmt)
 
 
-def _share(row: dict, name: str) -> str:
+def _share(row: dict, name: str, interval: str | None = None) -> str:
     share = row[f"share_{name}"]
     if not math.isfinite(share):
         return "n/a"
-    return f"{share:.1%} [{row[f'{name}_low']:.1%}, {row[f'{name}_high']:.1%}]"
+    low, high = row[f"{interval or name}_low"], row[f"{interval or name}_high"]
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return f"{share:.1%} [n/a]"
+    return f"{share:.1%} [{low:.1%}, {high:.1%}]"

@@ -16,6 +16,7 @@ import pandas as pd
 from analysis.guardrails.arms import Arm, describe
 from analysis.guardrails.table import CONVENTIONS
 from analysis.store import atomic_write_text
+from analysis.store.csvsafe import write_csv
 
 STEM = "guardrails"
 #: readable column -> (value, low, high) in the CSV, a percentage or a plain number
@@ -82,7 +83,7 @@ def write_guardrails(
     out.mkdir(parents=True, exist_ok=True)
     written = []
     csv = out / f"{STEM}.csv"
-    atomic_write_text(csv, table.to_csv(index=False, lineterminator="\n"))
+    write_csv(table, csv)
     echo = {
         "baseline": baseline,
         "conventions": CONVENTIONS,

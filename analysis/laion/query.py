@@ -29,6 +29,7 @@ from analysis.laion.fetch import MAX_BYTES, fetch_all
 from analysis.probes.ethnic_bias import DEFAULT_TEMPLATE, probe_prompts
 from analysis.stats import wilson_interval
 from analysis.store import RunDir, atomic_write_bytes, atomic_write_parquet, atomic_write_text
+from analysis.store.csvsafe import write_csv
 
 RATE_COLUMNS = [
     "country",
@@ -220,7 +221,7 @@ def knn_query(
     atomic_write_parquet(table, knn_dir / "neighbours.parquet")
     rates = dataset_rates(table, k, prompts)
     path = run.results_dir / "dataset_nudity_rates.csv"
-    atomic_write_text(path, rates.to_csv(index=False))
+    write_csv(rates, path)
     atomic_write_text(
         knn_dir / "query.json",
         json.dumps(

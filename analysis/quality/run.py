@@ -20,6 +20,7 @@ import pandas as pd
 from analysis.errors import AuditError
 from analysis.quality.captions import read_captions, sample_captions, sampling_record
 from analysis.store import RunDir, Shard, atomic_write_parquet, atomic_write_text
+from analysis.store.csvsafe import write_csv
 from analysis.store.provenance import environment_info, package_versions
 
 KIND = "coco-quality"
@@ -286,7 +287,7 @@ def _write_results(
 ) -> None:
     """results/quality.csv and quality.json (the table plus everything that produced it)."""
     results = rundir.results_dir
-    atomic_write_text(results / "quality.csv", table.to_csv(index=False))
+    write_csv(table, results / "quality.csv")
     spec = manifest["spec"]
     echo = {
         "run": str(rundir.path),

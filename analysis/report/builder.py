@@ -20,11 +20,14 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader
 
 from analysis.errors import AuditError
+from analysis.report import markdown
 from analysis.report.csp import policy, script_hashes
+from analysis.report.markdown import md_link_target
 from analysis.report.samples import read_all_scores
 from analysis.report.samples import samples as sample_images
 from analysis.report.tables import present
 from analysis.store import RunDir, atomic_write_text
+from analysis.store.csvsafe import read_back
 
 
 def _data_uri(data: bytes, mime: str) -> str:
@@ -35,10 +38,14 @@ def _read_csv(path: Path) -> pd.DataFrame | None:
     if not path.is_file():
         return None
     try:
-        return pd.read_csv(path, keep_default_na=False, na_values=[""])
+        table = pd.read_csv(path, keep_default_na=False, na_values=[""])
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         reason = " ".join(str(exc).split())[:160]
         raise AuditError(f"{path} is not a readable results table: {reason}") from None
+    for col in table.columns:  # undo the formula-injection quote of `write_csv`
+        if not pd.api.types.is_numeric_dtype(table[col]):
+            table[col] = table[col].map(lambda v: read_back(v) if isinstance(v, str) else v)
+    return table
 
 
 def _read_json(path: Path) -> Any:
@@ -214,11 +221,6 @@ def _keys(runs: list[Path]) -> list[str]:
     return keys
 
 
-def _md_cell(value: Any) -> str:
-    """A table cell in Markdown: no line breaks, pipes escaped."""
-    return " ".join(str(value).split()).replace("|", "\\|")
-
-
 def _guardrails(folder: Path | None) -> dict[str, Any] | None:
     """The guardrail comparison written by `t2i-audit guardrails --out FOLDER` (labelled)."""
     if folder is None:
@@ -257,8 +259,9 @@ def write_report(
     """Render the write-up for one or more runs into `out` (HTML, or Markdown + figure files),
     with the guardrail comparison of `guardrails` (a `t2i-audit guardrails` folder) if given.
 
-    Every value is autoescaped (prompts and titles are untrusted text) and the HTML carries a
-    Content-Security-Policy that lets only our own inline scripts run.
+    Every value is autoescaped (prompts and titles are untrusted text): HTML-escaped in the
+    HTML, which also carries a Content-Security-Policy that lets only our own inline scripts
+    run; Markdown-escaped in the Markdown (`analysis.report.markdown`).
     """
     if fmt not in ("html", "md"):
         raise AuditError(f"--format must be html or md, not {fmt!r}")
@@ -273,7 +276,6 @@ def write_report(
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters["md"] = _md_cell
     data = [
         gather(Path(r), blur=blur, interactive=fmt == "html", key=k)
         for r, k in zip(runs, _keys(runs), strict=True)
@@ -296,28 +298,49 @@ def write_report(
         },
     }
     out = Path(out)
-    if out.is_dir():
-        raise AuditError(f"--out {out} is a folder; give a file name such as report.html")
+    files = out.with_name(out.stem + "_files")
+    _check_out(out, files if fmt == "md" else None, resolved, guardrails)
     if fmt == "md":
-        files = out.with_name(out.stem + "_files")
-        files.mkdir(parents=True, exist_ok=True)
+        try:
+            files.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise AuditError(f"--out {out}: cannot create {files}: {exc.strerror or exc}") from None
         for d in data:
             for fig in d["figures"]:
                 target = files / f"{d['key']}-{Path(fig['file']).name}"
                 shutil.copyfile(fig["file"], target)
-                fig["md_path"] = f"{files.name}/{target.name}"
+                fig["md_path"] = md_link_target(f"{files.name}/{target.name}")
             for i, s in enumerate(d["samples"]):
                 target = files / f"{d['key']}-sample-{i}.png"
                 target.write_bytes(base64.b64decode(s["src"].split(",", 1)[1]))
-                s["md_path"] = f"{files.name}/{target.name}"
+                s["md_path"] = md_link_target(f"{files.name}/{target.name}")
         if context["guardrails"] and context["guardrails"]["figure"]:
             fig = context["guardrails"]["figure"]
             shutil.copyfile(fig["file"], files / "guardrails.png")
-            fig["md_path"] = f"{files.name}/guardrails.png"
-        atomic_write_text(out, env.get_template("report.md.j2").render(**context))
+            fig["md_path"] = md_link_target(f"{files.name}/guardrails.png")
+        text = markdown.environment().get_template("report.md.j2").render(**context)
+        atomic_write_text(out, text)
     else:
         atomic_write_text(out, env.get_template("report.html.j2").render(**context))
     return out
+
+
+def _check_out(out: Path, files: Path | None, runs: list[Path], guardrails: Path | None) -> None:
+    """The report and its figure folder must be new or our own: never a run's file or an input."""
+    if out.is_dir():
+        raise AuditError(f"--out {out} is a folder; give a file name such as report.html")
+    parent = next((p for p in out.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise AuditError(f"--out {out}: {parent} is a file, not a folder")
+    if files is not None and files.exists() and not files.is_dir():
+        raise AuditError(f"--out {out}: {files} (for the figure files) exists and is not a folder")
+    target = out.resolve()
+    inputs = [*runs, *([Path(guardrails).resolve()] if guardrails is not None else [])]
+    for folder in inputs:  # an old report (.html/.md) may be replaced, a run's data never
+        if target.exists() and target.is_relative_to(folder) and out.suffix not in (".html", ".md"):
+            raise AuditError(
+                f"--out {out} is an existing file of the input {folder}; write the report elsewhere"
+            )
 
 
 def _plotlyjs() -> str:

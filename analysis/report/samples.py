@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 from PIL import Image, ImageFilter
 
+from analysis.classifiers.images import decode_image
 from analysis.errors import AuditError
 from analysis.store import RunDir
 
@@ -119,11 +120,10 @@ def samples(
             if not path.is_file():
                 continue
             reasons = why.get(row.item_id, [])
-            try:
-                image = Image.open(path)
-                image.load()
-            except OSError:
+            decoded = decode_image(path)  # bounded: a decompression bomb is skipped, not fatal
+            if decoded.image is None:
                 continue
+            image = decoded.image
             blurred = bool(reasons) and blur
             picture = blur_image(image) if blurred else image
             out.append(

@@ -1,9 +1,11 @@
-"""Unblind and summarise a pairwise user study: preference shares, sign test, rater agreement.
+"""Unblind and summarise a pairwise user study: preference shares, their uncertainty, agreement.
 
 Answers say left/right/none; the study's key turns them into "prefers config a", "prefers config
 b" or "no preference". Raters who fail the attention checks are dropped before anything is
-counted, and every convention used (units, ties, the attention rule, kappa's subjects) is
-returned with the numbers so the write-up can state it.
+counted. Raters and pairs are crossed random factors, so the headline interval and p-value come
+from a two-way cluster bootstrap (`analysis.study.crossed`); the per-answer Wilson intervals and
+sign test are kept, labelled per answer. Every convention used (units, ties, the attention rule,
+kappa's subjects) is returned with the numbers so the write-up can state it.
 """
 
 from __future__ import annotations
@@ -21,47 +23,91 @@ import pandas as pd
 from analysis.errors import AuditError
 from analysis.stats.rates import wilson_interval
 from analysis.store import atomic_write_text
-from analysis.study.make import ANSWERS, ATTENTION_RULE, KEY_COLUMNS, QUESTIONS
+from analysis.store.csvsafe import write_csv
+from analysis.study.crossed import CONVENTION, N_BOOT, crossed_bootstrap
+from analysis.study.files import AnswerRow, KeyRow, read_meta, read_table, validate_rows
+from analysis.study.make import ATTENTION_RULE, KEY_COLUMNS, QUESTIONS
 
 ANSWER_COLUMNS = ["rater", "pair_id", "question", "answer"]
 CHOICES = ("a", "none", "b")
 
 
 def read_key(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """The key (pair id -> left/right config) and study.json beside it (empty dict if absent)."""
+    """The key (pair id -> left/right config) and study.json beside it (empty dict if absent).
+
+    Both are validated (`analysis.study.files`) and checked against each other: study.json's
+    study_id is the hash of key.csv, and its pair names the two configs the key shows. A pair
+    label that differs from the key would otherwise count every answer for one side.
+    """
     path = Path(path)
     if not path.is_file():
         raise AuditError(f"--key {path} does not exist; it is the key.csv written by `study make`")
-    key = _read_csv(path)
-    missing = [c for c in KEY_COLUMNS if c not in key.columns]
+    raw = read_table(path)
+    missing = [c for c in KEY_COLUMNS if c not in raw.columns]
     if missing:
         raise AuditError(f"--key {path} is not a study key (no column {missing[0]!r})")
+    key = validate_rows(raw, KeyRow, path)
+    _check_key(key, path)
     meta_path = path.with_name("study.json")
-    meta: dict[str, Any] = {}
-    if meta_path.is_file():
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise AuditError(f"{meta_path} is not valid JSON: {exc}") from None
+    if not meta_path.is_file():
+        return key, {}
+    meta = read_meta(meta_path).model_dump()
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    if digest != meta["study_id"]:
+        raise AuditError(
+            f"{meta_path}: study_id {meta['study_id']} does not match {path} (its hash is "
+            f"{digest}): the key was edited or belongs to another study"
+        )
+    shown = _key_configs(key)
+    a, b = meta["pair"]["a"], meta["pair"]["b"]
+    if {a, b} != set(shown) or a == b:
+        raise AuditError(
+            f"{meta_path}: pair a={a!r}, b={b!r} does not match the configs in {path} "
+            f"({', '.join(shown)})"
+        )
+    for kind, field in (("pair", "n_pairs"), ("attention", "n_attention_checks")):
+        count = int((key["kind"] == kind).sum())
+        if count != meta[field]:
+            raise AuditError(f"{meta_path}: {field} is {meta[field]} but {path} has {count}")
     return key, meta
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
-    try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
-        reason = " ".join(str(exc).split())[:160]
-        raise AuditError(f"{path} is not a readable CSV file: {reason}") from None
+def _check_key(key: pd.DataFrame, path: Path) -> None:
+    """Unique pair ids; a pair shows two configs, an attention check one image twice."""
+    repeated = key.loc[key["pair_id"].duplicated(), "pair_id"]
+    if len(repeated):
+        raise AuditError(f"{path}: pair id {repeated.iloc[0]!r} appears twice")
+    pairs = key[key["kind"] == "pair"]
+    same = pairs[pairs["left_config"] == pairs["right_config"]]
+    if len(same):
+        raise AuditError(f"{path}: pair {same['pair_id'].iloc[0]!r} shows one config on both sides")
+    checks = key[key["kind"] == "attention"]
+    odd = checks[checks["left_image"] != checks["right_image"]]
+    if len(odd):
+        raise AuditError(
+            f"{path}: attention check {odd['pair_id'].iloc[0]!r} shows two different images"
+        )
+    if not len(pairs):
+        raise AuditError(f"{path} holds no pairs (kind 'pair')")
+
+
+def _key_configs(key: pd.DataFrame) -> list[str]:
+    pairs = key[key["kind"] == "pair"]
+    return sorted(set(pairs["left_config"]) | set(pairs["right_config"]))
 
 
 def read_answers(paths: list[Path]) -> tuple[pd.DataFrame, list[str]]:
-    """All answer rows, exact duplicates dropped; a key.csv among the paths is skipped (noted)."""
+    """All answer rows, exact duplicates dropped; a key.csv among the paths is skipped (noted).
+
+    Rows are validated by `AnswerRow` (rater ids stripped). Rater ids that differ only in case
+    ('Ann', 'ann') are refused: one person typing twice or two people, the files cannot say.
+    """
     frames, skipped = [], []
     for path in paths:
         path = Path(path)
         if not path.is_file():
             raise AuditError(f"answers file {path} does not exist")
-        table = _read_csv(path)
+        table = read_table(path)
         if "left_config" in table.columns:
             skipped.append(f"{path} (the study key, not answers)")
             continue
@@ -71,8 +117,7 @@ def read_answers(paths: list[Path]) -> tuple[pd.DataFrame, list[str]]:
                 f"{path} is not an answers file exported by the study page "
                 f"(no column {missing[0]!r})"
             )
-        cols = ["study", *ANSWER_COLUMNS] if "study" in table.columns else ANSWER_COLUMNS
-        table = table[cols].copy()
+        table = validate_rows(table, AnswerRow, path)
         table["file"] = str(path)
         frames.append(table)
     if not frames:
@@ -80,16 +125,15 @@ def read_answers(paths: list[Path]) -> tuple[pd.DataFrame, list[str]]:
     answers = pd.concat(frames, ignore_index=True)
     if answers.empty:
         raise AuditError(f"{', '.join(str(p) for p in paths)}: no answers in these files")
-    for col, allowed in (("question", tuple(QUESTIONS)), ("answer", ANSWERS)):
-        bad = answers.loc[~answers[col].isin(allowed)]
-        if len(bad):
-            row = bad.iloc[0]
-            raise AuditError(
-                f"{row['file']}: {col} {row[col]!r} is not one of {', '.join(allowed)}"
-            )
-    if (answers["rater"].str.strip() == "").any():
-        raise AuditError(f"{answers.loc[answers['rater'].str.strip() == '', 'file'].iloc[0]}: "
-                         "a row has no rater id")  # fmt: skip
+    ids = pd.Series(answers["rater"].unique())
+    folded = ids.groupby(ids.str.casefold()).agg(list)
+    clash_ids = folded[folded.map(len) > 1]
+    if len(clash_ids):
+        names = sorted(clash_ids.iloc[0])
+        raise AuditError(
+            f"rater ids {' and '.join(repr(n) for n in names)} differ only in case; rename one "
+            "in its answers file (one rater or two cannot be told apart)"
+        )
     answers = answers.drop_duplicates([c for c in answers.columns if c != "file"])
     clash = answers[answers.duplicated(["rater", "pair_id", "question"], keep=False)]
     if len(clash):
@@ -105,7 +149,7 @@ def read_answers(paths: list[Path]) -> tuple[pd.DataFrame, list[str]]:
 def unblind(answers: pd.DataFrame, key: pd.DataFrame, meta: dict[str, Any]) -> pd.DataFrame:
     """Add kind and choice (a / none / b) to every answer, checking it belongs to this study."""
     if "study" in answers.columns and meta.get("study_id"):
-        other = answers.loc[answers["study"] != meta["study_id"]]
+        other = answers.loc[answers["study"].notna() & (answers["study"] != meta["study_id"])]
         if len(other):
             raise AuditError(
                 f"{other['file'].iloc[0]} answers study {other['study'].iloc[0]!r}, "
@@ -116,7 +160,7 @@ def unblind(answers: pd.DataFrame, key: pd.DataFrame, meta: dict[str, Any]) -> p
         raise AuditError(
             f"{unknown['file'].iloc[0]}: pair id {unknown['pair_id'].iloc[0]!r} is not in the key"
         )
-    a, _ = study_pair(key, meta)
+    a, b = study_pair(key, meta)
     merged = answers.merge(
         key[["pair_id", "kind", "left_config", "right_config"]], on="pair_id", how="left"
     )
@@ -125,7 +169,10 @@ def unblind(answers: pd.DataFrame, key: pd.DataFrame, meta: dict[str, Any]) -> p
         merged["left_config"],
         np.where(merged["answer"] == "right", merged["right_config"], ""),
     )
-    merged["choice"] = np.where(chosen == "", "none", np.where(chosen == a, "a", "b"))
+    choice = pd.Series(chosen, index=merged.index).map({"": "none", a: "a", b: "b"})
+    if choice.isna().any():  # read_key checked the configs: this is a bug, not bad input
+        raise AssertionError(f"answer for a config outside {a}:{b}")
+    merged["choice"] = choice
     return merged
 
 
@@ -133,7 +180,7 @@ def study_pair(key: pd.DataFrame, meta: dict[str, Any]) -> tuple[str, str]:
     """(a, b) as given to `study make --pair a:b`; sorted names if study.json is missing."""
     if meta.get("pair"):
         return meta["pair"]["a"], meta["pair"]["b"]
-    names = sorted(set(key["left_config"]) | set(key["right_config"]))
+    names = _key_configs(key)
     if len(names) != 2:
         raise AuditError(f"the key names {len(names)} configs; a study compares exactly two")
     return names[0], names[1]
@@ -189,8 +236,19 @@ def _share(k: int, n: int) -> dict[str, float]:
     return {"share": k / n if n else float("nan"), "low": low, "high": high}
 
 
-def preference_table(scored: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
-    """Per question: counts, shares with 95% Wilson intervals, sign test, Fleiss' kappa."""
+def _matrices(sub: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """raters x pairs matrices: answer prefers a (0/1), answer is decisive (0/1)."""
+    prefer_a = pd.crosstab(sub["rater"], sub["pair_id"], values=sub["choice"] == "a", aggfunc="sum")
+    decisive = pd.crosstab(sub["rater"], sub["pair_id"], values=sub["choice"] != "none",
+                           aggfunc="sum")  # fmt: skip
+    return prefer_a.fillna(0).to_numpy(float), decisive.fillna(0).to_numpy(float)
+
+
+def preference_table(
+    scored: pd.DataFrame, a: str, b: str, n_boot: int = N_BOOT, seed: int = 0
+) -> pd.DataFrame:
+    """Per question: counts; share of a among decisive answers with its two-way (raters x pairs)
+    bootstrap interval and p; per-answer Wilson intervals and sign test; Fleiss' kappa."""
     from scipy.stats import binomtest
 
     rows = []
@@ -220,9 +278,18 @@ def preference_table(scored: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
         ):
             s = _share(k, total)
             row |= {f"share_{name}": s["share"], f"{name}_low": s["low"], f"{name}_high": s["high"]}
+        boot = (
+            crossed_bootstrap(*_matrices(sub), n_boot=n_boot, seed=seed)
+            if n
+            else {"low": float("nan"), "high": float("nan"), "p": float("nan"), "n_items": 0}
+        )
         row |= {
             "n_decisive": decisive,
-            "sign_test_p": float(p),
+            "n_pairs": int(boot["n_items"]),
+            "a_decisive_cluster_low": boot["low"],
+            "a_decisive_cluster_high": boot["high"],
+            "cluster_p": boot["p"],
+            "sign_test_p_per_answer": float(p),
             "fleiss_kappa": kappa,
             "kappa_pairs": k_pairs,
             "kappa_raters": k_raters,
@@ -231,16 +298,23 @@ def preference_table(scored: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def conventions(a: str, b: str, max_failures: int, n_checks: int) -> list[str]:
+def conventions(
+    a: str, b: str, max_failures: int, n_checks: int, n_boot: int = N_BOOT, seed: int = 0
+) -> list[str]:
     """Every choice the numbers depend on, in words, for the console and analysis.json."""
     return [
         f"a = {a}, b = {b}; answers left/right are unblinded with key.csv",
-        "unit: one answer of one kept rater to one non-attention pair; a pair rated by several "
-        "raters counts once per rater (answers are not independent across raters)",
-        "shares: of all answers to the question (no preference included), 95% Wilson intervals; "
-        "share_a_decisive: share of a among answers with a preference",
-        "sign test: two-sided exact binomial test (scipy.stats.binomtest, p = 0.5) of a vs b "
-        "preferences; ties (no preference) are excluded",
+        "unit: one answer of one kept rater to one non-attention pair; raters and pairs are "
+        "crossed (every rater sees the same pairs), so answers are not independent",
+        "share_a_decisive: share of a among answers with a preference; its interval "
+        "(a_decisive_cluster_low/high) and cluster_p: "
+        + CONVENTION.format(n_boot=n_boot, seed=seed),
+        "per answer (treats every answer as independent, too narrow when raters or pairs "
+        "differ): shares of all answers to the question (no preference included) with 95% "
+        "Wilson intervals (share_*, *_low, *_high), and sign_test_p_per_answer, a two-sided "
+        "exact binomial test (scipy.stats.binomtest, p = 0.5) of a vs b preferences; ties (no "
+        "preference) are excluded",
+        "rater ids: surrounding spaces are stripped; ids that differ only in case are refused",
         f"attention checks ({n_checks} in this study): {ATTENTION_RULE}; a missing answer "
         f"counts as a failure; a rater with more than {max_failures} failure(s) is dropped",
         "agreement: Fleiss' kappa (statsmodels, method 'fleiss') over categories a / none / b, "
@@ -286,8 +360,8 @@ def analyse_study(
         "raters": raters.to_dict(orient="records"),
         "preferences": table.to_dict(orient="records"),
     }
-    atomic_write_text(out / "preferences.csv", table.to_csv(index=False, lineterminator="\n"))
-    atomic_write_text(out / "raters.csv", raters.to_csv(index=False, lineterminator="\n"))
+    write_csv(table, out / "preferences.csv")
+    write_csv(raters, out / "raters.csv")
     text = json.dumps(_jsonable(result), indent=2, allow_nan=False) + "\n"
     atomic_write_text(out / "analysis.json", text)
     return {**result, "table": table, "raters_table": raters, "out": out}

@@ -21,11 +21,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from jinja2 import Environment, FileSystemLoader
-from PIL import Image
 
+from analysis.classifiers.images import decode_image
 from analysis.errors import AuditError
 from analysis.report.csp import policy, script_hashes
 from analysis.store import RunDir, atomic_write_text
+from analysis.store.csvsafe import csv_text
 
 #: The paper's two questions; ids are what the exported CSV and the analysis use.
 QUESTIONS = {
@@ -178,14 +179,15 @@ def _key_row(p: pd.Series, kind: str, left: str, right: str, pair: Pair, run: Ru
 
 
 def image_uri(path: Path, max_side: int) -> str:
-    """A PNG data: URI of the pixels only: re-encoded, so no text chunk or name travels along."""
-    try:
-        with Image.open(path) as img:
-            image = img.convert("RGB")
-    except OSError as exc:
-        raise AuditError(f"image {path} cannot be read: {exc}") from None
-    if max(image.size) > max_side:
-        image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    """A PNG data: URI of the pixels only: re-encoded, so no text chunk or name travels along.
+
+    Decoded by the shared, bounded decoder: a decompression bomb (a header declaring
+    50000x50000 pixels) or a damaged file is one error naming it, not a traceback or a hang.
+    """
+    decoded = decode_image(path, max_side=max_side)
+    if decoded.image is None:
+        raise AuditError(f"image {path} cannot be used: {decoded.error}")
+    image = decoded.image
     buf = io.BytesIO()
     image.save(buf, format="PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
@@ -246,7 +248,7 @@ def make_study(
     prompts = read_prompt_list(prompts_file) if prompts_file is not None else None
     pairs = find_pairs(run, chosen, prompts)
     key = draw_key(pairs, chosen, seed, attention_checks, run)
-    key_csv = key.to_csv(index=False, lineterminator="\n")
+    key_csv = csv_text(key)
     study_id = hashlib.sha256(key_csv.encode("utf-8")).hexdigest()[:12]
     html = render_page(key, run, study_id, title, max_side)
     meta = {
