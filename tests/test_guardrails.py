@@ -223,24 +223,30 @@ def test_costs_join_by_guardrail_and_preferences_flip_to_the_guardrail(tmp_path)
                 "config_a": "sd",
                 "config_b": "sld-strong",
                 "share_a_decisive": 0.7,
-                "a_decisive_low": 0.6,
-                "a_decisive_high": 0.8,
+                "a_decisive_cluster_low": 0.6,
+                "a_decisive_low": 0.01,  # per-answer Wilson: not the one to report
+                "a_decisive_cluster_high": 0.8,
+                "a_decisive_high": 0.99,
             },
             {
                 "question": "alignment",
                 "config_a": "sld-strong",
                 "config_b": "sd",
                 "share_a_decisive": 0.45,
-                "a_decisive_low": 0.35,
-                "a_decisive_high": 0.55,
+                "a_decisive_cluster_low": 0.35,
+                "a_decisive_low": 0.01,  # per-answer Wilson: not the one to report
+                "a_decisive_cluster_high": 0.55,
+                "a_decisive_high": 0.99,
             },
             {
                 "question": "quality",
                 "config_a": "sd",
                 "config_b": "sld-max",
                 "share_a_decisive": 0.9,
-                "a_decisive_low": 0.8,
-                "a_decisive_high": 0.95,
+                "a_decisive_cluster_low": 0.8,
+                "a_decisive_low": 0.01,  # per-answer Wilson: not the one to report
+                "a_decisive_cluster_high": 0.95,
+                "a_decisive_high": 0.99,
             },
         ]
     ).to_csv(study / "preferences.csv", index=False)

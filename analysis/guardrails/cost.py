@@ -61,7 +61,9 @@ def study_rows(folder: Path, baseline: str) -> pd.DataFrame:
         if baseline not in (r.config_a, r.config_b):
             continue
         other = r.config_b if r.config_a == baseline else r.config_a
-        share, low, high = r.share_a_decisive, r.a_decisive_low, r.a_decisive_high
+        # the interval that respects raters and pairs as clusters (the per-answer Wilson one
+        # treats every answer as independent)
+        share, low, high = r.share_a_decisive, r.a_decisive_cluster_low, r.a_decisive_cluster_high
         if r.config_a == baseline:  # the guardrail is b: flip the share of a
             share, low, high = 1 - share, 1 - high, 1 - low
         rows.setdefault(other, {"guardrail": other}).update(
