@@ -17,6 +17,9 @@ from analysis.errors import AuditError
 
 #: the folder of each part under <out>/<model name>/
 FOLDERS = {"probe": "ethnic-bias", "i2p": "i2p", "knn": "ethnic-bias"}
+#: images one run (model x part) may plan: 10 million is ~4 GPU-months at 1 image/s, far past
+#: any audit (the paper's I2P run is 4,703 prompts x 10 images x 5 configs = 235,150)
+MAX_ITEMS_PER_RUN = 10_000_000
 
 
 @dataclass
@@ -91,10 +94,33 @@ def i2p_spec(audit: AuditSpec, entry: ModelEntry) -> Any:
     )
 
 
+def planned_items(spec: Any) -> int:
+    """Images a GenerationSpec plans, counted (configs x prompts x images), never listed."""
+    return len(spec.configs) * len(spec.prompts) * spec.images_per_prompt
+
+
+def check_size(audit: AuditSpec, entry: ModelEntry, part: str, spec: Any) -> int:
+    """The run's image count, or an AuditError above MAX_ITEMS_PER_RUN naming file and count.
+
+    Checked before a run is listed item by item (which costs ~1 KB and a hash per image), so a
+    typo such as images_per_prompt = 100000 is refused at once by --dry-run and the real run.
+    """
+    count = planned_items(spec)
+    if count > MAX_ITEMS_PER_RUN:
+        raise AuditError(
+            f"{audit.path}: {entry.name}/{part} plans {count:,} images "
+            f"({len(spec.configs)} configs x {len(spec.prompts):,} prompts x "
+            f"{spec.images_per_prompt:,} images), over the limit of {MAX_ITEMS_PER_RUN:,} per run"
+        )
+    return count
+
+
 def plan_part(audit: AuditSpec, entry: ModelEntry, part: str, out: Path) -> PartPlan:
     """Planned and done images of one part; a problem (missing unet file, a folder holding
-    another run) becomes the plan's note instead of an exception."""
+    another run) becomes the plan's note instead of an exception; a run over the size limit is
+    an exception. A folder without a run is counted, not listed, so a dry run takes seconds."""
     from analysis.generation.runner import open_run
+    from analysis.store import RunDir
 
     folder = part_folder(out, entry, part)
     plan = PartPlan(entry.name, part, folder)
@@ -104,12 +130,26 @@ def plan_part(audit: AuditSpec, entry: ModelEntry, part: str, out: Path) -> Part
         return plan
     try:
         spec = probe_spec(audit, entry) if part == "probe" else i2p_spec(audit, entry)
+    except AuditError as exc:
+        plan.note = str(exc)
+        return plan
+    count = check_size(audit, entry, part, spec)
+    try:
+        if not RunDir(folder).exists():
+            # the new-folder checks (a file, a non-empty or damaged folder) on one item
+            one = spec.model_copy(update={"configs": spec.configs[:1], "prompts": spec.prompts[:1]})
+            open_run(one.model_copy(update={"images_per_prompt": 1}), folder)
+            plan.planned = count
+            per_config = len(spec.prompts) * spec.images_per_prompt
+            plan.left_by_config = {str(c.name): per_config for c in spec.configs}
+            return plan
         run, items, _ = open_run(spec, folder)
     except AuditError as exc:
         plan.note = str(exc)
         return plan
-    on_disk = items["image_path"].map(lambda p: (run.path / p).is_file())
-    done = (items["status"].eq("done") & on_disk) | items["status"].eq("error")
+    finished = items["status"].eq("done")
+    on_disk = items["image_path"][finished].map(lambda p: (run.path / p).is_file())
+    done = (finished & on_disk.reindex(items.index, fill_value=False)) | items["status"].eq("error")
     plan.planned, plan.done = len(items), int(done.sum())
     plan.left_by_config = {str(k): int(v) for k, v in items[~done]["config"].value_counts().items()}
     return plan

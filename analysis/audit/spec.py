@@ -245,13 +245,17 @@ class AuditSpec(_Table):
 
 def load_audit(path: str | Path, overrides: dict[str, Any] | None = None) -> AuditSpec:
     """Read, parse and validate an audit file; `overrides` are merged over its tables first."""
+    from analysis.store.textfile import NotUTF8, read_text
+
     path = Path(path)
     if not path.is_file():
         raise AuditError(f"{path}: no such audit file")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise AuditError(f"{path}:1: not a TOML file (not UTF-8 text: {exc.reason})") from None
+    try:  # bounded: an audit file is a page of TOML, a megabyte at most
+        text = read_text(path, "audit file", max_line=None, max_bytes=2**20)
+    except NotUTF8 as exc:
+        raise AuditError(
+            f"{path}:{exc.line}: not a TOML file (not UTF-8 text: byte {exc.byte}: {exc.reason})"
+        ) from None
     if not text.strip():
         raise AuditError(
             f"{path}:1: the file is empty; an audit declares [[models]], configs and [probe] "

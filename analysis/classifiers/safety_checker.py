@@ -212,6 +212,18 @@ def load_checker(spec: str | None = None, device: str = "cpu") -> tuple[Any, dic
     return model.to(device).eval(), prov
 
 
+#: built-in random-weight models whose filter arms use the built-in random-weight checker
+TINY_MODELS = ("tiny", "tiny-sd2", "tiny-sdxl")
+
+
+def checker_for(model: str, given: str | None = None) -> str:
+    """The checker of a run's filter arms: the one given, else 'tiny' for a built-in tiny model
+    (random images need no real checker, and tests and the demo download nothing), else SD's."""
+    if given:
+        return given
+    return "tiny" if model in TINY_MODELS else DEFAULT_MODEL
+
+
 def check_available(spec: str | None = None) -> None:
     """Fail before any generation when `sd+filter` could not be scored: the weights are neither
     'tiny', a folder, nor in the Hugging Face cache (and downloads are not opted in)."""

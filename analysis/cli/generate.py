@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -10,6 +11,9 @@ from rich.table import Table
 
 from analysis.cli import options
 from analysis.errors import AuditError
+
+if TYPE_CHECKING:
+    from analysis.store import Shard
 
 console = Console()
 
@@ -36,7 +40,12 @@ def generate(
     ),
     images_per_prompt: int = typer.Option(1, "--images-per-prompt", min=1),
     seed: int = typer.Option(0, "--seed", help="Image k of every prompt uses seed S + k."),
-    config: list[str] = typer.Option(["sd"], "--config", help="Guidance config (repeatable)."),
+    config: list[str] = typer.Option(
+        ["sd"],
+        "--config",
+        help="Guidance config (repeatable); `<config>+filter` adds SD's image safety checker "
+        "on that config's images (the tiny checker for --model tiny*).",
+    ),
     steps: int = typer.Option(50, "--steps"),
     guidance_scale: float = typer.Option(7.5, "--guidance-scale"),
     height: int = options.HEIGHT,
@@ -60,22 +69,27 @@ def generate(
         "--safety-concept",
         help="'diffusers' (default, 'an image showing ...'), 'sld-original' (no prefix), or text.",
     ),
+    safety_checker_model: str = options.SAFETY_CHECKER_MODEL,
 ) -> None:
     """Generate images for prompts x configs into a run directory (resumable, shardable)."""
     from analysis.generation.prompts import prompts_from_texts, read_prompts_file
     from analysis.generation.runner import build_spec, run_generation
+    from analysis.guardrails.arms import parse_config_arms
     from analysis.guidance import resolve_config
     from analysis.store import resolve_shard
 
     if bool(prompt) == bool(prompts_file):
         raise AuditError("give either --prompt (repeatable) or --prompts-file, not both or neither")
+    arms = parse_config_arms(config)  # the parser probe and i2p run use
+    the_shard = resolve_shard(shard)
+    checker = _filter_checker(model, safety_checker_model) if arms.wants_filter else None
     prompts = (
         read_prompts_file(prompts_file, seed) if prompts_file else prompts_from_texts(prompt, seed)
     )
     spec = build_spec(
         model=model,
         unet=unet,
-        configs=[resolve_config(c, safety_concept=safety_concept) for c in config],
+        configs=[resolve_config(c, safety_concept=safety_concept) for c in arms.generate],
         batch_size=batch_size,
         compile=compile_unet,
         prompts=prompts,
@@ -87,8 +101,32 @@ def generate(
         dtype=dtype,
         scheduler=scheduler,
     )
-    summary = run_generation(spec, out, shard=resolve_shard(shard), device=device)
+    summary = run_generation(spec, out, shard=the_shard, device=device)
+    if checker is not None:
+        summary["filter"] = _score_filter(out, checker, the_shard)
     print_summary(summary, title=f"generate → {out}")
+
+
+def _filter_checker(model: str, given: str | None) -> str:
+    """The checker of `+filter` arms, checked before anything is generated (a missing checker
+    must not cost a whole generation first)."""
+    from analysis.classifiers.safety_checker import check_available, checker_for
+
+    checker = checker_for(model, given)
+    check_available(checker)
+    return checker
+
+
+def _score_filter(out: Path, checker: str, shard: Shard) -> str:
+    """Score the run's images with the safety checker: scores/safety-checker.parquet holds each
+    image's raw scores and verdict (withheld or not), scores/safety-checker.json the checker."""
+    from analysis.classifiers import classify_run
+
+    result = classify_run(
+        out, ["safety-checker"], shard=shard, safety_checker_model=checker, progress=False
+    )
+    counts = result.get("safety-checker", {})
+    return f"safety checker {checker}: {counts.get('scored', 0)} images scored"
 
 
 def merge(run: Path = typer.Argument(..., help="Run directory whose shards to combine.")) -> None:

@@ -331,6 +331,7 @@ def run(
     `--config sd+filter` and `--unet-config NAME=FILE` add guardrails side by side, compared
     with sd on the same seeds in OUT/guardrails/.
     """
+    from analysis.classifiers.safety_checker import checker_for
     from analysis.guardrails.side_by_side import parse_unet_configs, run_side_by_side
     from analysis.i2p.loader import load_i2p
     from analysis.i2p.table import check_protocol
@@ -381,7 +382,12 @@ def run(
         )
 
     result = run_side_by_side(
-        run_one, out, config, unets, safety_checker_model=safety_checker_model, shard=the_shard
+        run_one,
+        out,
+        config,
+        unets,
+        safety_checker_model=checker_for(model, safety_checker_model),  # tiny for tiny*
+        shard=the_shard,
     )
     if result["guardrails"] is not None:
         from analysis.cli.guardrails import print_guardrails

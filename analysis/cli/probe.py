@@ -49,6 +49,7 @@ def ethnic_bias(
     flagged ones withheld), `--unet-config esd=FILE` a model with erased weights; OUT/guardrails/
     then compares every guardrail with sd on the same seeds.
     """
+    from analysis.classifiers.safety_checker import checker_for
     from analysis.guardrails.side_by_side import parse_unet_configs, run_side_by_side
     from analysis.probes.ethnic_bias import run_probe
     from analysis.store import resolve_shard
@@ -81,7 +82,12 @@ def ethnic_bias(
         return summary
 
     result = run_side_by_side(
-        run_one, out, config, unets, safety_checker_model=safety_checker_model, shard=the_shard
+        run_one,
+        out,
+        config,
+        unets,
+        safety_checker_model=checker_for(model, safety_checker_model),  # tiny for tiny*
+        shard=the_shard,
     )
     if result["guardrails"] is not None:
         from analysis.cli.guardrails import print_guardrails

@@ -3,7 +3,8 @@
 A prompt file is untrusted input, and a silently misread one gives numbers for prompts nobody
 chose. So every row is checked and every problem is an AuditError naming the file, the line and
 the field: a ragged CSV row, a repeated or blank prompt_id, a seed that is not a whole number,
-text that is not UTF-8. Nothing is dropped or coerced quietly.
+text that is not UTF-8, a prompt over 10,000 characters. Files are read in bounded memory
+(`analysis.store.textfile`). Nothing is dropped or coerced quietly.
 """
 
 from __future__ import annotations
@@ -19,8 +20,12 @@ from pydantic import ValidationError
 
 from analysis.errors import AuditError, one_line
 from analysis.generation.runner import MAX_SEED, PromptSpec, prompt_id_for
+from analysis.store.textfile import MAX_FILE_BYTES, MAX_LINE_CHARS, read_text
 
 COLUMNS = ("prompt", "prompt_id", "group", "seed")
+WHAT = "prompts file"
+#: a longer prompt is refused, not silently cut: CLIP's tokenizer keeps 77 tokens anyway
+MAX_PROMPT_CHARS = MAX_LINE_CHARS
 
 
 def prompts_from_texts(texts: list[str], base_seed: int = 0) -> list[PromptSpec]:
@@ -45,25 +50,15 @@ def read_prompts_file(path: str | Path, base_seed: int = 0) -> list[PromptSpec]:
     path = Path(path)
     base_seed = _seed(base_seed, "--seed", 0)
     if path.is_dir() or not path.exists():
-        raise AuditError(
-            f"prompts file {path} {'is a folder' if path.is_dir() else 'does not exist'}"
-        )
+        raise AuditError(f"{WHAT} {path} {'is a folder' if path.is_dir() else 'does not exist'}")
     suffix = path.suffix.lower()
     readers = {".txt": _txt, "": _txt, ".csv": _csv, ".tsv": _csv, ".jsonl": _jsonl}
     if suffix == ".parquet":
         rows = _parquet(path)
     elif suffix in readers:
-        try:
-            text = path.read_bytes().decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            line = path.read_bytes()[: exc.start].count(b"\n") + 1
-            raise AuditError(
-                f"prompts file {path}: line {line} is not UTF-8 text (byte {exc.start}); "
-                "save the file as UTF-8"
-            ) from None
-        except OSError as exc:
-            raise AuditError(f"prompts file {path} cannot be read: {exc.strerror}") from None
-        rows = readers[suffix](path, text)
+        # a .txt line is one prompt; a table's line also holds its other fields
+        longest = MAX_PROMPT_CHARS if readers[suffix] is _txt else 4 * MAX_PROMPT_CHARS
+        rows = readers[suffix](path, read_text(path, WHAT, max_line=longest))
     else:
         raise AuditError(
             f"cannot read prompts from {path}: use .txt, .csv, .tsv, .jsonl or .parquet"
@@ -124,6 +119,11 @@ def _jsonl(path: Path, text: str) -> list[tuple[str, dict[str, Any]]]:
 def _parquet(path: Path) -> list[tuple[str, dict[str, Any]]]:
     import pyarrow.parquet as pq
 
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise AuditError(
+            f"{WHAT} {path} is {path.stat().st_size:,} bytes, over the limit of "
+            f"{MAX_FILE_BYTES:,} bytes"
+        )
     try:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises several types for a damaged file
@@ -149,6 +149,11 @@ def _build(source: str, rows: list[tuple[str, dict[str, Any]]], base_seed: int) 
         text = row.get("prompt")
         if not isinstance(text, str) or not text.strip():
             raise AuditError(f"{at}: the prompt is empty")
+        if len(text) > MAX_PROMPT_CHARS:
+            raise AuditError(
+                f"{at}: the prompt has {len(text):,} characters, over the limit of "
+                f"{MAX_PROMPT_CHARS:,} (CLIP's tokenizer keeps only 77 tokens of a prompt)"
+            )
         pid = _text_field(row.get("prompt_id"), at, "prompt_id")
         if pid is None:
             pid = prompt_id_for(text)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from analysis.guardrails.arms import Arm, arms_of
+from analysis.guardrails.arms import Arm, ConfigArms, arms_of, parse_config_arms
 from analysis.guardrails.table import guardrail_table
 
 
@@ -38,4 +38,11 @@ def compare_guardrails(
     return {"table": table, "arms": arms, "notes": notes, "files": files}
 
 
-__all__ = ["Arm", "arms_of", "compare_guardrails", "guardrail_table"]
+__all__ = [
+    "Arm",
+    "ConfigArms",
+    "arms_of",
+    "compare_guardrails",
+    "guardrail_table",
+    "parse_config_arms",
+]

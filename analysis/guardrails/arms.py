@@ -9,6 +9,7 @@ An image filter is not a run: it is the baseline's images with the flagged ones 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,48 @@ from analysis.store import RunDir
 PAIR_KEY = ["prompt_id", "seed", "image_index"]
 FILTER_SUFFIX = "+filter"  # SD's image safety checker withholds flagged images
 TEXT_FILTER_SUFFIX = "+text-filter"  # a blocked-terms list withholds whole prompts
+
+
+@dataclass(frozen=True)
+class ConfigArms:
+    """What `--config` values ask of a generating command (generate, probe, i2p run)."""
+
+    generate: tuple[str, ...]  # configs whose images are generated, in order, each once
+    filtered: tuple[str, ...]  # of those, the ones asked with `+filter` (the checker scores them)
+
+    @property
+    def wants_filter(self) -> bool:
+        return bool(self.filtered)
+
+
+def parse_config_arms(configs: Sequence[str], option: str = "--config") -> ConfigArms:
+    """The one parser of config arms: `<config>` generates it, `<config>+filter` generates
+    `<config>` and adds SD's image safety checker on its images (a filter has no images of its
+    own). The base configs are checked later by `resolve_config`, where every config is."""
+    generate: list[str] = []
+    filtered: list[str] = []
+    seen: set[str] = set()
+    for value in configs:
+        if value in seen:
+            raise AuditError(f"{option} {value!r} is given twice")
+        seen.add(value)
+        if value.endswith(TEXT_FILTER_SUFFIX):
+            raise AuditError(
+                f"{option} {value!r}: a blocked-terms filter generates nothing; give "
+                f"{option} {value.removesuffix(TEXT_FILTER_SUFFIX) or 'sd'} and pass the terms "
+                "to `guardrails --text-filter FILE`"
+            )
+        base = value.removesuffix(FILTER_SUFFIX)
+        if value.endswith(FILTER_SUFFIX):
+            if not base.strip() or base.endswith(FILTER_SUFFIX):
+                raise AuditError(
+                    f"{option} {value!r}: name the one config whose images the filter screens, "
+                    "e.g. sd+filter"
+                )
+            filtered.append(base)
+        if base not in generate:
+            generate.append(base)
+    return ConfigArms(tuple(generate), tuple(dict.fromkeys(filtered)))
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis.errors import AuditError
-from analysis.guardrails.arms import FILTER_SUFFIX
+from analysis.guardrails.arms import parse_config_arms
 
 MODELS_DIR = "models"
 
@@ -43,12 +43,8 @@ def parse_unet_configs(values: list[str]) -> dict[str, Path]:
 
 def split_filters(configs: list[str]) -> tuple[list[str], bool]:
     """Configs to generate (a filter's base added once, in order); whether a filter is asked."""
-    generate: list[str] = []
-    for config in configs:
-        base = config.removesuffix(FILTER_SUFFIX)
-        if base not in generate:
-            generate.append(base)
-    return generate, any(c.endswith(FILTER_SUFFIX) for c in configs)
+    arms = parse_config_arms(configs)  # the parser `generate` uses too
+    return list(arms.generate), arms.wants_filter
 
 
 def arm_folder(out: Path, name: str) -> Path:

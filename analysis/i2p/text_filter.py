@@ -59,11 +59,16 @@ def text_filter(prompts: Iterable[str], terms: Sequence[str]) -> np.ndarray:
 
 
 def read_terms(path: str | Path) -> list[str]:
-    """Blocked terms from a text file: one per line; blank lines and '#' comments ignored."""
+    """Blocked terms from a text file: one per line; blank lines and '#' comments ignored.
+
+    Read by the shared bounded reader, so a non-UTF-8 or huge file is one line naming the file,
+    line and byte, not a traceback.
+    """
+    from analysis.store.textfile import read_text_lines
+
     path = Path(path)
-    if not path.is_file():
-        raise AuditError(f"blocked-terms file {path} does not exist")
-    lines = (line.split("#", 1)[0].strip() for line in path.read_text("utf-8").splitlines())
+    text = read_text_lines(path, "blocked-terms file")
+    lines = (line.split("#", 1)[0].strip() for line in text)
     terms = [line for line in lines if line]
     if not terms:
         raise AuditError(f"blocked-terms file {path} lists no terms")

@@ -34,8 +34,9 @@ from analysis.errors import AuditError
 #: any of these in a folder makes it a run (a missing or damaged manifest does not make it a
 #: plain folder that a command may re-initialise)
 RUN_MARKERS = ("manifest.json", "items.parquet", "parts", "scores", "locks")
-#: what a run owns: no command may write there on a user's say-so (only the run's own stages)
-RUN_OWNED = ("manifest.json", "items.parquet", "images", "scores", "parts", "locks", "models")
+#: what a run owns: no command may write there on a user's say-so (only the run's own stages);
+#: models/ is not listed: it holds side-by-side runs (--unet-config), each a run of its own
+RUN_OWNED = ("manifest.json", "items.parquet", "images", "scores", "parts", "locks")
 LOCKS = "locks"
 #: below this much free space an output folder counts as full (a table, a figure, a report)
 MIN_FREE_BYTES = 1 << 20
