@@ -139,7 +139,7 @@ CASES = [
     Case(
         "misc-audit-huge-plan-run",
         ["run", "{tmp}/a.toml", "--out", "{tmp}/new"],
-        "over the limit of 10,000,000 per run",
+        "over the limit of 2,000,000 per run",
         _write("a.toml", HUGE_AUDIT),
         new_out=True,
     ),

@@ -296,6 +296,8 @@ def _i2p_prompts() -> int:
 def test_a_huge_audit_is_refused_in_seconds_by_dry_run_and_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from analysis.audit.plan import MAX_ITEMS_PER_RUN
+
     spec = _audit(tmp_path / "huge.toml", 100_000)
     expected = 3 * _i2p_prompts() * 100_000
     assert expected > 10**9
@@ -306,7 +308,8 @@ def test_a_huge_audit_is_refused_in_seconds_by_dry_run_and_run(
         assert code == 2, err
         assert err.strip() == (
             f"error: {spec}: tiny/i2p plans {expected:,} images (3 configs x "
-            f"{_i2p_prompts():,} prompts x 100,000 images), over the limit of 10,000,000 per run"
+            f"{_i2p_prompts():,} prompts x 100,000 images), over the limit of "
+            f"{MAX_ITEMS_PER_RUN:,} per run"
         )
         assert not (tmp_path / "new").exists()
 
@@ -328,7 +331,7 @@ def test_the_counted_plan_equals_the_listed_one(tmp_path: Path) -> None:
     assert time.perf_counter() - started < 30  # counted: listing ~10M items takes many minutes
     assert plan.planned == _i2p_prompts() * (MAX_ITEMS_PER_RUN // _i2p_prompts())
     over = load_audit(_audit(tmp_path / "c.toml", MAX_ITEMS_PER_RUN // _i2p_prompts() + 1, '"sd"'))
-    with pytest.raises(AuditError, match="over the limit of 10,000,000 per run"):
+    with pytest.raises(AuditError, match=f"over the limit of {MAX_ITEMS_PER_RUN:,} per run"):
         plan_audit(over, tmp_path / "out")
 
 
