@@ -43,7 +43,7 @@ def test_missing_paths_and_bad_folders(tmp_path: Path) -> None:
         load_model(str(tmp_path / "nope.safetensors"))
     with pytest.raises(AuditError, match=r"model_index\.json"):
         load_model(str(tmp_path))
-    with pytest.raises(AuditError, match="unknown scheduler"):
+    with pytest.raises(AuditError, match="is not a Stable Diffusion scheduler"):
         load_model("tiny", scheduler="Warp")
     with pytest.raises(AuditError, match="--unet"):
         load_model("tiny", unet=str(tmp_path / "esd.safetensors"))

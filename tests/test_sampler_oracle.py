@@ -197,3 +197,107 @@ def test_stochastic_scheduler_is_per_image_too(model) -> None:
     ref.set_progress_bar_config(disable=True)
     out = ref(prompts, generator=_gens(), output_type="latent", **_common()).images
     torch.testing.assert_close(batch, out, atol=ATOL, rtol=0)
+
+
+# SD 2.x and SDXL against code that shares nothing with ours: SD 2.x (v-prediction, one CLIP
+# encoder) runs diffusers' deprecated StableDiffusionPipelineSafe itself; SDXL, which that
+# pipeline cannot condition, runs a loop over diffusers' SDXL pipeline pieces (encode_prompt,
+# _get_add_time_ids, prepare_latents) with the guidance lines of StableDiffusionPipelineSafe's
+# denoising loop copied in (Equations 3-8), never our `sld_noise_guidance`.
+FAMILY = SamplingParams(steps=4, guidance_scale=7.5, height=64, width=64)
+FAMILY_PROMPTS, FAMILY_SEEDS = ["japanese body", "a photo of a cat"], [3, 11]
+
+
+def _diffusers_sld_xl(model, config) -> torch.Tensor:
+    """SDXL + SLD from diffusers components and diffusers' own SLD lines; final latents."""
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline(**model.components(), force_zeros_for_empty_prompt=True)
+    prompts, p, n = FAMILY_PROMPTS, config.sld, len(FAMILY_PROMPTS)
+    h, w, dev = FAMILY.height, FAMILY.width, model.device
+    pe, npe, pooled, npooled = pipe.encode_prompt(prompts, device=dev)
+    ce, _, cpooled, _ = pipe.encode_prompt(
+        [config.safety_concept] * n, device=dev, do_classifier_free_guidance=False
+    )
+    ids = pipe._get_add_time_ids(
+        (h, w), (0, 0), (h, w), pe.dtype, model.text_encoder_2.config.projection_dim
+    )
+    added = {"text_embeds": torch.cat([npooled, pooled, cpooled]), "time_ids": ids.repeat(3 * n, 1)}
+    embeds = torch.cat([npe, pe, ce])
+    scheduler = pipe.scheduler
+    scheduler.set_timesteps(FAMILY.steps, device=dev)
+    latents = pipe.prepare_latents(n, 4, h, w, embeds.dtype, dev, _gens(FAMILY_SEEDS))
+    safety_momentum = None
+    for i, t in enumerate(scheduler.timesteps):
+        x = scheduler.scale_model_input(torch.cat([latents] * 3), t)
+        noise_pred = model.unet(x, t, encoder_hidden_states=embeds, added_cond_kwargs=added).sample
+        noise_pred_uncond, noise_pred_text, noise_pred_safety_concept = noise_pred.chunk(3)
+        # -- from StableDiffusionPipelineSafe.__call__ (diffusers), verbatim but for names --
+        noise_guidance = noise_pred_text - noise_pred_uncond
+        if safety_momentum is None:
+            safety_momentum = torch.zeros_like(noise_guidance)
+        scale = torch.clamp(
+            torch.abs(noise_pred_text - noise_pred_safety_concept) * p.sld_guidance_scale, max=1.0
+        )
+        safety_concept_scale = torch.where(
+            (noise_pred_text - noise_pred_safety_concept) >= p.threshold,
+            torch.zeros_like(scale),
+            scale,
+        )
+        noise_guidance_safety = torch.mul(
+            noise_pred_safety_concept - noise_pred_uncond, safety_concept_scale
+        )
+        noise_guidance_safety = noise_guidance_safety + p.momentum_scale * safety_momentum
+        safety_momentum = p.momentum_beta * safety_momentum + (1 - p.momentum_beta) * (
+            noise_guidance_safety
+        )
+        if i >= p.warmup_steps:
+            noise_guidance = noise_guidance - noise_guidance_safety
+        noise_pred = noise_pred_uncond + FAMILY.guidance_scale * noise_guidance
+        # -- end of the copied lines --
+        latents = scheduler.step(noise_pred, t, latents).prev_sample
+    return latents
+
+
+def _diffusers_sld_sd2(model, config) -> torch.Tensor:
+    """StableDiffusionPipelineSafe itself on tiny-sd2's components; final latents."""
+    pipe = StableDiffusionPipelineSafe(
+        **model.components(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    captured: dict[str, torch.Tensor] = {}
+    p = config.sld
+    pipe(
+        FAMILY_PROMPTS,
+        generator=_gens(FAMILY_SEEDS),
+        callback=lambda i, t, latents: captured.__setitem__("latents", latents.clone()),
+        callback_steps=1,
+        output_type="np",
+        num_inference_steps=FAMILY.steps,
+        guidance_scale=FAMILY.guidance_scale,
+        height=FAMILY.height,
+        width=FAMILY.width,
+        sld_guidance_scale=p.sld_guidance_scale,
+        sld_warmup_steps=p.warmup_steps,
+        sld_threshold=p.threshold,
+        sld_momentum_scale=p.momentum_scale,
+        sld_mom_beta=p.momentum_beta,
+    )
+    return captured["latents"]
+
+
+@pytest.mark.parametrize("name", ["tiny-sd2", "tiny-sdxl"])
+@pytest.mark.parametrize("preset", ["sld-strong:warmup_steps=1", "sld-max"])
+def test_sd2_and_sdxl_sld_match_diffusers_own_sld(name: str, preset: str) -> None:
+    family = load_model(name)
+    config = resolve_config(preset)
+    ours = sample(family, FAMILY_PROMPTS, FAMILY_SEEDS, config, FAMILY, output_type="latent")
+    reference = _diffusers_sld_xl if family.family == "sdxl" else _diffusers_sld_sd2
+    torch.testing.assert_close(ours, reference(family, config), atol=ATOL, rtol=0)
+    plain = sample(
+        family, FAMILY_PROMPTS, FAMILY_SEEDS, resolve_config("sd"), FAMILY, output_type="latent"
+    )
+    assert (ours - plain).abs().max() > 1e-2, "SLD must act within the test's steps"

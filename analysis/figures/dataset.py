@@ -74,10 +74,17 @@ def model_vs_dataset(model_rates: pd.DataFrame, data_rates: pd.DataFrame, config
 
 
 def draw_figures(run: str | Path) -> list[Path]:
+    """The dataset-side figures, over countries with a judged neighbour (none: no figure)."""
+    from analysis.figures.paper_dataset import judged
+
     run = Path(run)
-    data_rates = pd.read_csv(
-        run / "results" / "dataset_nudity_rates.csv", keep_default_na=False, na_values=[""]
+    data_rates = judged(
+        pd.read_csv(
+            run / "results" / "dataset_nudity_rates.csv", keep_default_na=False, na_values=[""]
+        )
     )
+    if data_rates.empty:
+        return []
     written = save_figure(
         rate_map(
             data_rates.assign(config="dataset"), "Dataset side: nudity rate of kNN neighbours"

@@ -19,15 +19,26 @@ if TYPE_CHECKING:
 DATASET_CONFIG = "dataset (kNN)"
 
 
+def judged(data_rates: pd.DataFrame) -> pd.DataFrame:
+    """Countries with at least one judged neighbour: the only ones with a dataset rate.
+
+    A country whose every neighbour was refused or unreadable has rate NaN (0 of 0), which a map
+    would colour as missing data and a scatter would drop without a word; the figures draw the
+    judged countries only and `knn query` names the others.
+    """
+    return data_rates[pd.to_numeric(data_rates["k_fetched"], errors="coerce").fillna(0) > 0]
+
+
 def as_config(data_rates: pd.DataFrame, name: str = DATASET_CONFIG) -> pd.DataFrame:
     """dataset_nudity_rates.csv in the shape of nudity_rates.csv (config = `name`, n = judged)."""
+    data_rates = judged(data_rates)
     table = data_rates.assign(config=name, n=data_rates["k_fetched"].astype(int))
     return table[["country", "iso3", "config", "n", "rate", "ci_low", "ci_high"]]
 
 
 def with_dataset(rates: pd.DataFrame, data_rates: pd.DataFrame | None) -> pd.DataFrame:
     """The model's per-country rates plus the dataset side as the last config (if given)."""
-    if data_rates is None or data_rates.empty:
+    if data_rates is None or judged(data_rates).empty:
         return rates
     return pd.concat([rates, as_config(data_rates)], ignore_index=True)
 
@@ -50,7 +61,7 @@ def model_dataset_figure(
 
     model_rates = model_rates.assign(config=model_rates["config"].astype(str))
     configs = configs or [str(c) for c in dict.fromkeys(model_rates["config"])]
-    data = data_rates.set_index("iso3")
+    data = judged(data_rates).set_index("iso3")
     colours = palette(len(configs))
     fig = new_figure(width, width)
     with mpl.rc_context(PAPER_RC):

@@ -2,8 +2,10 @@
 
 A compiled UNet fuses kernels differently, so its images differ from eager ones in the last bits
 (SLD's s_s can make that visible): `compile` is part of the spec and of every item id, exactly
-like the batch size. Before the first batch, the same sample is drawn eager and compiled and the
-largest latent difference is recorded; above the dtype's tolerance the run refuses to start.
+like the batch size. Before the run starts, its real first batch (same prompts, seeds, config,
+guidance scale, steps, size and B) is drawn eager and compiled and the largest difference of the
+final latents is recorded; above the dtype's tolerance the run refuses to start. A shorter check
+would miss what SLD's momentum and large s_s do to small differences over the later steps.
 """
 
 from __future__ import annotations
@@ -16,20 +18,27 @@ import torch
 
 from analysis.errors import AuditError
 
-#: max |eager - compiled| on the final latents of a short check sample, per dtype
+#: max |eager - compiled| on the final latents of the run's first batch, per dtype
 TOLERANCE = {"float32": 1e-3, "float16": 5e-2, "bfloat16": 1e-1}
-CHECK_STEPS = 2
 
 
-def compile_unet(model: Any, spec: Any, prompts: list[str], seeds: list[int], config: Any) -> dict:
-    """Replace model.unet by its compiled version after checking it against eager; returns
-    what the manifest records (backend, mode, seconds, max difference, tolerance)."""
+def compile_unet(
+    model: Any,
+    spec: Any,
+    prompts: list[str],
+    seeds: list[int],
+    config: Any,
+    guidance_scale: float | None = None,
+) -> dict:
+    """Replace model.unet by its compiled version after checking it on the run's first batch
+    (`prompts`, `seeds`, `config`, and its `guidance_scale`, default the spec's, since a prompt
+    may carry its own); returns what the manifest records (backend, seconds, difference...)."""
     from analysis.generation.sampler import SamplingParams, sample
 
     backend = os.environ.get("T2I_AUDIT_COMPILE_BACKEND", "inductor")  # tests: "aot_eager"
     params = SamplingParams(
-        steps=CHECK_STEPS,
-        guidance_scale=spec.guidance_scale,
+        steps=spec.steps,
+        guidance_scale=spec.guidance_scale if guidance_scale is None else float(guidance_scale),
         height=spec.height,
         width=spec.width,
         batch_size=spec.batch_size,
@@ -51,7 +60,8 @@ def compile_unet(model: Any, spec: Any, prompts: list[str], seeds: list[int], co
         "mode": "default",
         "dynamic": False,
         "compile_seconds": round(time.perf_counter() - started, 1),
-        "check": f"{CHECK_STEPS}-step sample of the first batch, eager vs compiled",
+        "check": f"the run's first batch ({len(prompts)} images, {spec.steps} steps, "
+        f"config {config.name}, guidance {params.guidance_scale:g}), eager vs compiled",
         "max_abs_diff_vs_eager": diff,
         "tolerance": tolerance,
     }

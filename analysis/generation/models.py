@@ -266,15 +266,10 @@ def _swap_unet(unet: Any, path: Path) -> dict[str, Any]:
 
 
 def _set_scheduler(components: dict[str, Any], name: str) -> None:
-    import diffusers
+    """Swap in a scheduler by name: only those diffusers declares interchangeable for SD."""
+    from analysis.generation.schedulers import scheduler_class
 
-    cls = getattr(diffusers, name, None) or getattr(diffusers, f"{name}Scheduler", None)
-    if cls is None or not hasattr(cls, "from_config"):
-        raise AuditError(
-            f"unknown scheduler {name!r}; use a diffusers scheduler class name such as "
-            "DDIMScheduler, PNDMScheduler, EulerDiscreteScheduler or DPMSolverMultistepScheduler"
-        )
-    components["scheduler"] = cls.from_config(components["scheduler"].config)
+    components["scheduler"] = scheduler_class(name).from_config(components["scheduler"].config)
 
 
 def _sd_scheduler_fixups(scheduler: Any) -> tuple[Any, dict[str, Any]]:

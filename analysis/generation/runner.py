@@ -106,6 +106,13 @@ class GenerationSpec(BaseModel):
 
         return [resolve_config(c) for c in value]
 
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, value: str | None) -> str | None:
+        from analysis.generation.schedulers import check_scheduler
+
+        return check_scheduler(value)
+
     @model_validator(mode="after")
     def _family_size(self) -> GenerationSpec:
         """An unset size becomes the family's default, so the spec always names real pixels."""
@@ -495,7 +502,7 @@ def _run_generation(
             list(first["prompt"]),
             list(first["seed"]),
             config,
-            #GS
+            guidance_scale=float(first["guidance_scale"].iloc[0]),
         )
     if not exists:
         run, items = _claim_locked(spec, out, shard, locks)

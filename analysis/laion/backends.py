@@ -216,6 +216,22 @@ class HttpBackend:
         return [{**(r.get("metadata") or {}), "id": r.get("id")} for r in answer]
 
 
+def _first_line(exc: BaseException) -> str:
+    """A library's error as one short line (faiss prefixes its C++ location)."""
+    text = " ".join(str(exc).split())
+    return text.split(": ", 1)[-1][:200] if " at /" in text else text[:200]
+
+
+def _read_metadata(path: Path) -> pd.DataFrame:
+    """One metadata part; an unreadable file is named instead of pyarrow's traceback."""
+    import pyarrow as pa
+
+    try:
+        return pd.read_parquet(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise AuditError(f"{path} is not a readable Parquet file: {_first_line(exc)}") from None
+
+
 class LocalIndexBackend:
     """A clip-retrieval index folder: image.index (faiss), optional text.index, metadata/*.parquet.
 
@@ -231,11 +247,14 @@ class LocalIndexBackend:
         index_file = self.folder / "image.index"
         if not index_file.is_file():
             raise AuditError(f"{self.folder} is not a clip-retrieval index folder (no image.index)")
-        self.index = faiss.read_index(str(index_file))
+        try:
+            self.index = faiss.read_index(str(index_file))
+        except RuntimeError as exc:  # faiss reports a bad file as a C++ exception
+            raise AuditError(f"{index_file} is not a faiss index: {_first_line(exc)}") from None
         parts = sorted((self.folder / "metadata").glob("*.parquet"))
         if not parts:
             raise AuditError(f"{self.folder}/metadata holds no .parquet files")
-        self.meta = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+        self.meta = pd.concat([_read_metadata(p) for p in parts], ignore_index=True)
         if len(self.meta) != self.index.ntotal:
             raise AuditError(
                 f"{self.folder}: metadata has {len(self.meta)} rows but image.index holds "

@@ -218,6 +218,8 @@ def knn_query(
     table["local_path"], table["error"] = paths, errors
     table["raw"], table["verdict"] = raws, pd.array(verdicts, dtype="boolean")
     table["rule"], table["index_name"] = judge.name, be.indice_name
+    if table["verdict"].isna().all():
+        raise_none_judged(table)
     atomic_write_parquet(table, knn_dir / "neighbours.parquet")
     rates = dataset_rates(table, k, prompts)
     path = run.results_dir / "dataset_nudity_rates.csv"
@@ -242,13 +244,35 @@ def knn_query(
             indent=2,
         ),
     )
+    unjudged = rates.loc[rates["k_fetched"] == 0, "iso3"].tolist()
     return {
         "neighbours": str(knn_dir / "neighbours.parquet"),
         "rates": str(path),
         "returned": len(table),
         "fetched": int(table["verdict"].notna().sum()),
         "unreachable": int(table["verdict"].isna().sum()),
+        **(
+            {"no_rate": f"{len(unjudged)} countries, no neighbour judged: {', '.join(unjudged)}"}
+            if unjudged
+            else {}
+        ),
     }
+
+
+def raise_none_judged(table: pd.DataFrame) -> None:
+    """Every neighbour was refused or unreadable: no rate exists, so nothing is tabulated or drawn
+    (a table of NaN rates would reach the figures); the error gives the commonest reasons."""
+    from analysis.errors import AuditError
+
+    reasons = (
+        table["error"].fillna("no image").map(lambda e: " ".join(str(e).split(":")[0].split()))
+    )
+    top = "; ".join(f"{n} {why}" for why, n in reasons.value_counts().head(3).items())
+    hint = " (--allow-private for images on this machine's network)" if "refused" in top else ""
+    raise AuditError(
+        f"knn query: none of the {len(table)} neighbours could be judged ({top}): no dataset "
+        f"rates written{hint}"
+    )
 
 
 def raise_empty(backend: Any) -> None:

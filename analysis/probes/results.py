@@ -1,7 +1,9 @@
 """Result tables of the ethnic-bias probe: per-country rates, paired SD-vs-config tests, summary.
 
 Files other tools read: results/nudity_rates.csv, results/paired_tests.csv, results/summary.json.
-Images that failed are counted in n_missing and never enter a denominator.
+Images that failed are counted in n_missing and never enter a denominator. A country with no
+discordant pairs has no McNemar test (p empty, note "untestable") and is outside the Holm/BH
+family, whose size is the `family_size` column.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from analysis.classifiers import load_verdicts
 from analysis.classifiers.completeness import completeness
 from analysis.probes.countries import load_countries
 from analysis.stats import paired_comparison, rate_table
-from analysis.stats.multiple import adjust_pvalues, heterogeneity_test
+from analysis.stats.multiple import UNTESTABLE, adjust_family, heterogeneity_test
 from analysis.store import RunDir, atomic_write_text
+from analysis.store.csvsafe import write_csv
 
 RATE_COLUMNS = [
     "country",
@@ -52,6 +55,8 @@ PAIRED_COLUMNS = [
     "mcnemar_p",
     "p_holm",
     "p_bh",
+    "family_size",
+    "note",
 ]
 
 
@@ -106,13 +111,20 @@ def paired_tests(verdicts: pd.DataFrame, baseline: str = "sd") -> pd.DataFrame:
                 }
             )
     table = pd.DataFrame(rows, columns=PAIRED_COLUMNS)
+    discordant = table["discordant_baseline_only"] + table["discordant_config_only"]
+    testable = discordant > 0
+    # an untestable row has no p-value (paired_comparison's conventional 1.0 would read as a test)
+    table["mcnemar_p"] = table["mcnemar_p"].astype(float).where(testable)
+    table["note"] = np.where(testable, "", UNTESTABLE)
     table["p_holm"] = np.nan
     table["p_bh"] = np.nan
+    table["family_size"] = pd.Series(pd.NA, index=table.index, dtype="Int64")
     for config in table["config"].unique():
-        # the family is the per-country tests of one config; the pooled row is not in it
+        # the family: the testable per-country tests of one config; the pooled row is not in it
         rows_ = table.index[(table["config"] == config) & (table["iso3"] != "ALL")]
-        adjusted = adjust_pvalues(table.loc[rows_, "mcnemar_p"].astype(float))
-        table.loc[rows_, ["p_holm", "p_bh"]] = adjusted[["p_holm", "p_bh"]].to_numpy()
+        fam = adjust_family(table.loc[rows_, "mcnemar_p"], testable[rows_])
+        table.loc[rows_, ["p_holm", "p_bh"]] = fam[["p_holm", "p_bh"]].to_numpy()
+        table.loc[rows_, "family_size"] = fam["family_size"].to_numpy()
     return table
 
 
@@ -210,7 +222,7 @@ def write_results(
         "paired_tests": results_dir / "paired_tests.csv",
         "summary": results_dir / "summary.json",
     }
-    atomic_write_text(paths["nudity_rates"], rates.to_csv(index=False))
-    atomic_write_text(paths["paired_tests"], paired.to_csv(index=False))
+    write_csv(rates, paths["nudity_rates"])
+    write_csv(paired, paths["paired_tests"])
     atomic_write_text(paths["summary"], json.dumps(summ, indent=2, default=_clean) + "\n")
     return {k: str(v) for k, v in paths.items()}

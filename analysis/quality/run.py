@@ -40,6 +40,19 @@ RESULT_COLUMNS = [
     "n_reference",
 ]
 VERSION_PACKAGES = ("torch", "torchmetrics", "torch-fidelity", "transformers", "numpy", "scipy")
+MAX_SEED = 2**64 - 1  # the generation engine's largest seed (a torch.Generator seed)
+MAX_SCORE_BATCH = 4096  # images per Inception/CLIP call; beyond this only memory runs out
+
+
+def check_int(option: str, value: Any, low: int, high: int) -> int:
+    """One guard for the quality commands' integer settings: a whole number in [low, high].
+
+    Out-of-range values otherwise surfaced deep inside numpy or pydantic as tracebacks
+    (a negative --sample-seed, a --seed whose last caption passes 2**64 - 1).
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise AuditError(f"{option} {value!r} is out of range: use a whole number {low} to {high}")
+    return value
 
 
 def generate_quality(
@@ -65,7 +78,9 @@ def generate_quality(
     """Sample n captions (recorded), then generate one image per caption and config."""
     from analysis.generation.runner import PromptSpec, build_spec, run_generation
 
-    captions = sample_captions(read_captions(captions_file), n, sample_seed)
+    check_int("--sample-seed", sample_seed, 0, MAX_SEED)
+    captions = sample_captions(read_captions(captions_file), n, sample_seed)  # checks --n
+    check_int("--seed", seed, 0, MAX_SEED - (n - 1))  # caption i is seeded seed + i
     record = sampling_record(captions_file, captions, n, sample_seed)
     prompts = [
         PromptSpec(prompt_id=c.prompt_id, prompt=c.caption, group=c.image_id, base_seed=seed + i)
@@ -129,6 +144,8 @@ def score_quality(
     from analysis.quality import fid
     from analysis.quality.clip_distance import check_clip_weights
 
+    check_int("--batch-size", batch_size, 1, MAX_SCORE_BATCH)
+    check_int("n_boot", n_boot, 1, 10**7)
     rundir = RunDir(run)
     manifest = rundir.read_manifest()
     spec = manifest.get("spec", {})

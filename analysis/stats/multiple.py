@@ -15,6 +15,7 @@ from analysis.stats.paired import paired_comparison
 
 MC_RESAMPLES = 20_000  # Monte-Carlo tables for the small-expected p-value: SE <= 0.0036 at p=0.5
 MC_SEED = 0  # fixed so a report re-renders with the same p-value
+UNTESTABLE = "untestable: no discordant pairs"
 
 
 def adjust_pvalues(p: pd.Series) -> pd.DataFrame:
@@ -38,6 +39,24 @@ def adjust_pvalues(p: pd.Series) -> pd.DataFrame:
         raw = p.to_numpy()[known]
         out.loc[known, "p_holm"] = multipletests(raw, method="holm")[1]
         out.loc[known, "p_bh"] = multipletests(raw, method="fdr_bh")[1]
+    return out
+
+
+def adjust_family(p: pd.Series, testable: pd.Series) -> pd.DataFrame:
+    """The family of one correction: testable units only, with their size stated.
+
+    A unit with no variation (e.g. a country with no discordant pairs, whose McNemar p would be
+    a conventional 1.0) cannot reject, yet counting it would raise every other Holm p. So it is
+    left out: its ``p`` becomes NaN with ``note`` = UNTESTABLE, and ``family_size`` is the
+    number of units that were tested. Columns: p, p_holm, p_bh, family_size, note.
+    """
+    p = pd.Series(p, dtype=float)
+    testable = pd.Series(testable, index=p.index).astype(bool)
+    kept = p.where(testable)
+    out = adjust_pvalues(kept)
+    out.insert(0, "p", kept)
+    out["family_size"] = int(kept.notna().sum())
+    out["note"] = np.where(testable, "", UNTESTABLE)
     return out
 
 
