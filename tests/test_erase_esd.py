@@ -92,8 +92,9 @@ def _guidance(unet, model, text, z, ts):
 
 
 def test_training_erases_the_concept_more_than_an_unrelated_one(tiny):
-    """ESD pulls eps'(c) - eps("") toward -eta * d, d the base guidance direction: measure the
-    share of d left, <d', d> / |d|^2 (1 before training), for the concept and an unrelated one."""
+    """ESD pulls eps'(c) - eps("") toward (1 - eta) * d (esd_sd.py's target eps(c) - eta * d),
+    d the base guidance direction: measure the share of d left, <d', d> / |d|^2 (1 before
+    training), for the concept and an unrelated one."""
     settings = EsdSettings(concept="nudity", recipe="diffusers", iterations=40, lr=2e-3, **FAST)
     trainer = EsdTrainer(tiny, settings)
     for i in range(settings.iterations):
@@ -109,8 +110,8 @@ def test_training_erases_the_concept_more_than_an_unrelated_one(tiny):
             f"{text!r}: |d| {d.norm():.4f} -> {d_new.norm():.4f}, share of d left {left[text]:.3f}"
         )
     # a random-weight model entangles texts (its padding tokens dominate cross-attention), so
-    # the margin is modest: measured 0.610 left for the concept, 0.807 for the unrelated one
-    assert left["nudity"] < 0.7
+    # the margin is modest: measured 0.794 left for the concept, 0.941 for the unrelated one
+    assert left["nudity"] < 0.85
     assert 1 - left["1234 5678"] < 0.6 * (1 - left["nudity"])
 
 

@@ -15,7 +15,9 @@ GENERATE = [
 ]  # fmt: skip
 
 
-def _interrupt_after_first_image(argv: list[str], out: Path) -> subprocess.CompletedProcess[str]:
+def _interrupt_after_first_image(
+    argv: list[str], out: Path, pattern: str = "*.png"
+) -> subprocess.CompletedProcess[str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "analysis.cli", *argv],
         stdout=subprocess.PIPE,
@@ -25,7 +27,7 @@ def _interrupt_after_first_image(argv: list[str], out: Path) -> subprocess.Compl
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 240
-    while not list(out.rglob("*.png")) and time.time() < deadline and proc.poll() is None:
+    while not list(out.rglob(pattern)) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
@@ -49,3 +51,14 @@ def test_sigint_to_generate_says_what_was_kept_and_a_rerun_finishes(tmp_path: Pa
     )
     assert again.returncode == 0, again.stderr
     assert len(list(out.rglob("*.png"))) == 12
+
+
+def test_sigint_to_erase_esd_says_which_checkpoint_is_kept(tmp_path: Path) -> None:
+    out = tmp_path / "esd.safetensors"
+    argv = ["erase", "esd", "--model", "tiny", "--concept", "nudity", "--iterations", "400",
+            "--checkpoint-every", "2", "--out", str(out)]  # fmt: skip
+    done = _interrupt_after_first_image(argv, tmp_path, pattern="*.resume.pt")
+    assert done.returncode == 130, done.stderr
+    assert "of 400 iterations are kept in" in done.stderr, done.stderr
+    assert f"nothing was written to {out}" in done.stderr
+    assert "Traceback" not in done.stderr and not out.exists()

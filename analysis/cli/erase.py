@@ -14,27 +14,9 @@ erase_app = typer.Typer(
     help="Erase a concept from a model's UNet (ESD).", no_args_is_help=True, rich_markup_mode=None
 )
 
-METHODS = ("esd-x", "esd-u")
-RECIPE_NAMES = ("paper", "diffusers")
-PRECISIONS = ("fp32", "bf16", "fp16")
-
 
 def register(app: typer.Typer) -> None:
     app.add_typer(erase_app, name="erase")
-
-
-def _check(method: str, recipe: str, iterations: int | None, lr: float | None, out: Path) -> None:
-    """The user errors worth one clear line before any model is loaded."""
-    if method not in METHODS:
-        raise AuditError(f"--method {method!r} is unknown; use one of {', '.join(METHODS)}")
-    if recipe not in RECIPE_NAMES:
-        raise AuditError(f"--recipe {recipe!r} is unknown; use one of {', '.join(RECIPE_NAMES)}")
-    if iterations is not None and iterations < 1:
-        raise AuditError(f"--iterations must be at least 1, got {iterations}")
-    if lr is not None and not lr > 0:
-        raise AuditError(f"--lr must be positive, got {lr}")
-    if out.suffix != ".safetensors":
-        raise AuditError(f"--out {out} must end in .safetensors")
 
 
 @erase_app.command("esd")
@@ -76,15 +58,11 @@ def esd(
     revision: str = typer.Option(None, "--revision", help="Hub revision of --model."),
 ) -> None:
     """Train ESD (Gandikota et al. 2023) and save the erased UNet tensors with their recipe."""
-    _check(method, recipe, iterations, lr, out)
-    if precision not in PRECISIONS:
-        raise AuditError(
-            f"--precision {precision!r} is unknown; use one of {', '.join(PRECISIONS)}"
-        )
     from pydantic import ValidationError
 
     from analysis.erase import EsdSettings, train_esd
-    from analysis.errors import one_line
+    from analysis.erase.esd import check_output
+    from analysis.erase.recipes import settings_error
     from analysis.generation.models import load_model
 
     try:
@@ -104,9 +82,13 @@ def esd(
             gradient_checkpointing=gradient_checkpointing,
         )
     except ValidationError as exc:
-        raise AuditError(f"erase esd: {one_line(exc)}") from None
+        raise AuditError(f"erase esd: {settings_error(exc)}") from None
+    check_output(out, [model])  # again in train_esd, with the loaded model's own paths
     loaded = load_model(model, device=device, dtype="float32", revision=revision)
     record = train_esd(loaded, settings, out, resume=resume, progress=True)
+    if record["skipped"]:
+        console.print(f"{out} is already done (same recipe and base); skipped")
+        return
     console.print(
         f"wrote {out}: {record['trained_tensors']} tensors ({record['method']}, recipe "
         f"{record['recipe']}, {record['iterations']} it, lr {record['lr']}, eta "

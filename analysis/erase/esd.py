@@ -1,10 +1,11 @@
 """ESD concept erasure (Gandikota et al., ICCV 2023): fine-tune a UNet copy to un-guide a concept.
 
 A frozen copy of the UNet gives eps(z_t, t, "") and eps(z_t, t, c); the trained copy's
-eps(z_t, t, c) is pulled by MSE to eps("") - eta * (eps(c) - eps("")), where z_t is the concept
-prompt sampled with CFG to a random step of a DDIM schedule (see `recipes` for the two published
-variants). Only the trained tensors are saved, under diffusers UNet state-dict keys, with the
-recipe in the safetensors metadata so an audit can say which erased model it measured.
+eps(z_t, t, c) is pulled by MSE to a - eta * (eps(c) - eps("")), the anchor a being eps("")
+(paper) or eps(c) (esd_sd.py), where z_t is the concept prompt sampled with CFG to a random step
+of the recipe's schedule (see `recipes` for the two published variants). Only the trained
+tensors are saved, under diffusers UNet state-dict keys, with the recipe in the safetensors
+metadata so an audit can say which erased model it measured.
 
 Every random draw of iteration i comes from a generator seeded by (seed, i) alone, so a run is
 bit-identical on one device, and a resume from a checkpoint continues exactly where it stopped.
@@ -16,8 +17,9 @@ import contextlib
 import copy
 import json
 import os
+import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ import numpy as np
 import torch
 
 from analysis.erase.recipes import RECIPES, EsdSettings, Recipe
-from analysis.errors import AuditError
+from analysis.errors import AuditError, Interrupted
 from analysis.generation.models import LoadedModel
 from analysis.store.weights import RECIPE_KEY, unet_sha256
 
@@ -76,8 +78,6 @@ class EsdTrainer:
     """The trained and frozen UNets, the optimizer, and one ESD step at a time."""
 
     def __init__(self, model: LoadedModel, settings: EsdSettings) -> None:
-        from diffusers import DDIMScheduler
-
         from analysis.generation.conditioning import encode_text
 
         if getattr(model, "family", "sd1") == "sdxl":
@@ -108,10 +108,7 @@ class EsdTrainer:
         self.latent_shape = (1, model.unet.config.in_channels) + (
             size // model.vae_scale_factor,
         ) * 2
-        # ldm's DDIM (the paper's sampler): eta 0, no x0 clipping, final alpha = alphas_cumprod[0]
-        self.scheduler = DDIMScheduler.from_config(
-            model.scheduler.config, clip_sample=False, set_alpha_to_one=False
-        )
+        self.scheduler, self.step_kwargs = esd_scheduler(self.recipe, model.scheduler.config)
         self.scheduler.set_timesteps(settings.ddim_steps)
         with torch.no_grad():
             self.cond = encode_text(model, [settings.concept])
@@ -157,21 +154,29 @@ class EsdTrainer:
 
     @torch.no_grad()
     def sample(self, unet: Any, latents: torch.Tensor, steps_run: int) -> torch.Tensor:
-        """The concept prompt sampled with CFG for the first `steps_run` DDIM steps (eta 0)."""
+        """The concept prompt sampled with CFG for the first `steps_run` steps of the schedule.
+
+        Like each pipeline call of esd_sd.py, the scheduler is reset first: PNDM's multistep
+        history must not leak from one draw into the next.
+        """
         emb = torch.cat([self.uncond, self.cond])
         g = self.settings.start_guidance
+        self.scheduler.set_timesteps(self.settings.ddim_steps)
         for t in self.scheduler.timesteps[:steps_run]:
-            eps_u, eps_c = self._eps(unet, torch.cat([latents] * 2), t, emb).chunk(2)
+            x = self.scheduler.scale_model_input(torch.cat([latents] * 2), t)
+            eps_u, eps_c = self._eps(unet, x, t, emb).chunk(2)
             eps = eps_u + g * (eps_c - eps_u)
-            latents = self.scheduler.step(eps, t, latents, eta=0.0).prev_sample
+            latents = self.scheduler.step(eps, t, latents, **self.step_kwargs).prev_sample
         return latents
 
     def loss(self, z: torch.Tensor, t: int) -> torch.Tensor:
-        """MSE(eps_trained(z, t, c), eps0 - eta * (eps_c - eps0)) with eps0, eps_c frozen."""
+        """MSE(eps_trained(z, t, c), a - eta * (eps_c - eps0)), a the recipe's anchor (eps0 in
+        the paper, eps_c in esd_sd.py), with eps0, eps_c from the frozen UNet."""
         with torch.no_grad():
             eps_0 = self._eps(self.frozen, z, t, self.uncond)
             eps_c = self._eps(self.frozen, z, t, self.cond)
-            target = eps_0 - self.eta * (eps_c - eps_0)
+            anchor = eps_0 if self.recipe.target == "uncond" else eps_c
+            target = anchor - self.eta * (eps_c - eps_0)
         return torch.nn.functional.mse_loss(self._eps(self.trained, z, t, self.cond), target)
 
     def step(self, iteration: int) -> float:
@@ -179,6 +184,12 @@ class EsdTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         drawn = self.draw(iteration)
         loss = self.loss(drawn.z, drawn.t)
+        if not torch.isfinite(loss):  # stop here: one more step would write NaN weights
+            raise AuditError(
+                f"ESD training diverged: the loss is {loss.item()} at iteration {iteration} "
+                f"(--lr {self.lr}, --negative-guidance {self.eta}, --start-guidance "
+                f"{self.settings.start_guidance}); nothing was written, try a lower --lr"
+            )
         if self.scaler is None:
             loss.backward()
             self.optimizer.step()
@@ -213,6 +224,35 @@ class EsdTrainer:
             self.scaler.load_state_dict(state["scaler"])
 
 
+def esd_scheduler(recipe: Recipe, config: Any) -> tuple[Any, dict[str, Any]]:
+    """The scheduler a recipe samples z_t with, and its `step` keyword arguments.
+
+    paper: ldm's DDIM (eta 0, no x0 clipping, final alpha = alphas_cumprod[0]). diffusers:
+    esd_sd.py keeps SD 1.4's pipeline scheduler, PNDM with skip_prk_steps and steps_offset 1
+    ('leading' spacing), so its list repeats a timestep; the model's betas are kept.
+    """
+    from diffusers import DDIMScheduler, PNDMScheduler
+
+    if recipe.sampler == "ddim":
+        return DDIMScheduler.from_config(config, clip_sample=False, set_alpha_to_one=False), {
+            "eta": 0.0
+        }
+    pndm = PNDMScheduler.from_config(
+        config,
+        skip_prk_steps=True,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+    return pndm, {}
+
+
+LOSS_TARGETS = {
+    "uncond": "eps('') - eta * (eps(c) - eps(''))",
+    "concept": "eps(c) - eta * (eps(c) - eps(''))",
+}
+
+
 def recipe_record(trainer: EsdTrainer, base_sha256: str) -> dict[str, Any]:
     """What the output file records: enough to name, reproduce and trace the erased model."""
     import diffusers
@@ -234,6 +274,9 @@ def recipe_record(trainer: EsdTrainer, base_sha256: str) -> dict[str, Any]:
         "ddim_steps": s.ddim_steps,
         "resolution": trainer.resolution,
         "sample_with": trainer.recipe.sample_with,
+        "sampler": trainer.recipe.sampler,
+        "loss_target": LOSS_TARGETS[trainer.recipe.target],
+        "differences_from_source": list(trainer.recipe.differences),
         "trained_params": "attn2" if s.method == "esd-x" else trainer.recipe.esd_u_params,
         "trained_tensors": len(trainer.names),
         "seed": s.seed,
@@ -290,14 +333,58 @@ def _load_checkpoint(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any] 
     return state
 
 
-def check_output(out: Path) -> Path:
-    """The output must be a .safetensors file path in an existing or creatable folder."""
+def check_output(out: Path, inputs: Iterable[str | Path | None] = ()) -> Path:
+    """Refuse an --out that training could not write or must not replace, before training.
+
+    It must be a .safetensors file path whose folder exists or can be created and is writable
+    (probed with a temporary file, since root passes `os.access`), and never an input of the
+    command: the base model's file, or a path inside its folder.
+    """
     out = Path(out)
     if out.suffix != ".safetensors":
         raise AuditError(f"--out {out} must end in .safetensors")
     if out.is_dir():
         raise AuditError(f"--out {out} is a directory; give a file name ending in .safetensors")
+    folder = out.parent.absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise AuditError(f"--out {out}: {folder} is a file, so the folder cannot be created")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise AuditError(f"--out {out}: folder {folder} is not writable ({exc.strerror})") from None
+    target = out.resolve()
+    for given in inputs:
+        if not given or not Path(given).exists():
+            continue
+        source = Path(given).resolve()
+        if target == source or (source.is_dir() and target.is_relative_to(source)):
+            raise AuditError(f"--out {out} is an input of this command ({given}); choose another")
     return out
+
+
+def check_finished(out: Path, record: dict[str, Any]) -> bool:
+    """True when `out` is already the finished result of this recipe (skip it); False when it
+    does not exist. A finished artefact is replaced only by its own recipe, so any other file
+    there is refused, naming the first recorded key that differs."""
+    from analysis.store.weights import read_recipe
+
+    if not out.exists():
+        return False
+    theirs = read_recipe(out)
+    if theirs is None:
+        raise AuditError(f"--out {out} exists and is not an ESD file; refusing to replace it")
+    ours, there = _fingerprint(record), _fingerprint(theirs)
+    for key in [*ours, *(k for k in there if k not in ours)]:
+        if ours.get(key) != there.get(key):
+            raise AuditError(
+                f"--out {out} is a finished ESD file of another recipe: {key} is "
+                f"{there.get(key)!r:.60} there, {ours.get(key)!r:.60} now; "
+                "choose another --out or delete it"
+            )
+    return True
 
 
 def train_esd(
@@ -312,14 +399,18 @@ def train_esd(
     """Train ESD on `model`, write the trained tensors to `out`; returns the recorded recipe.
 
     A checkpoint is written beside `out` every `checkpoint_every` iterations and removed when
-    the output is written; with `resume`, a matching checkpoint is continued.
+    the output is written; with `resume`, a matching checkpoint is continued. An `out` that is
+    already this recipe's finished file is kept (returned with `skipped`); nothing is created
+    before every check has passed.
     """
     from safetensors.torch import save
 
-    out = check_output(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    prov = model.provenance
+    out = check_output(out, [prov.get("path"), (prov.get("unet") or {}).get("path")])
     trainer = EsdTrainer(model, settings)
     record = recipe_record(trainer, unet_sha256(model.unet))
+    if check_finished(out, record):
+        return {**record, "skipped": True, "resumed_from": None, "final_loss": None}
     fingerprint = _fingerprint(record)
     ckpt = checkpoint_path(out)
     start, losses = 0, []
@@ -328,22 +419,43 @@ def train_esd(
         trainer.load_state(state)
         start, losses = int(state["next_iteration"]), list(state["losses"])
     started = time.perf_counter()
-    with _progress(progress, trainer.iterations, start, settings.concept) as advance:
-        for i in range(start, trainer.iterations):
-            loss = trainer.step(i)
-            losses.append(loss)
-            if on_step is not None:
-                on_step(i, loss)
-            done = i + 1
-            if done % settings.checkpoint_every == 0 and done < trainer.iterations:
-                blob = {"fingerprint": fingerprint, **trainer.state(done, losses)}
-                _atomic(ckpt, lambda p, b=blob: torch.save(b, p))
-            advance(loss)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    saved = start  # the iteration the newest checkpoint resumes from
+    try:
+        with _progress(progress, trainer.iterations, start, settings.concept) as advance:
+            for i in range(start, trainer.iterations):
+                loss = trainer.step(i)
+                losses.append(loss)
+                if on_step is not None:
+                    on_step(i, loss)
+                done = i + 1
+                if done % settings.checkpoint_every == 0 and done < trainer.iterations:
+                    blob = {"fingerprint": fingerprint, **trainer.state(done, losses)}
+                    _atomic(ckpt, lambda p, b=blob: torch.save(b, p))
+                    saved = done
+                advance(loss)
+    except KeyboardInterrupt:
+        kept = (
+            f"{saved} of {trainer.iterations} iterations are kept in {ckpt}"
+            if saved and ckpt.is_file()
+            else f"no checkpoint yet (one is written every {settings.checkpoint_every} iterations)"
+        )
+        raise Interrupted(
+            f"interrupted: {kept}; nothing was written to {out}; re-run the same command to resume"
+        ) from None
+    tensors = trainer.trained_tensors()
+    bad = next((n for n, v in tensors.items() if not torch.isfinite(v).all()), None)
+    if bad is not None:  # the last step's update itself overflowed
+        raise AuditError(
+            f"ESD training diverged: {bad} is not finite after iteration {trainer.iterations - 1} "
+            f"(--lr {trainer.lr}); nothing was written to {out}, try a lower --lr"
+        )
     meta = {"format": "pt", RECIPE_KEY: json.dumps(record, sort_keys=True)}
-    data = _stable_header(save(trainer.trained_tensors(), metadata=meta))
+    data = _stable_header(save(tensors, metadata=meta))
     _atomic(out, lambda p: Path(p).write_bytes(data))
     ckpt.unlink(missing_ok=True)
-    record = {**record, "resumed_from": start, "final_loss": losses[-1] if losses else None}
+    final = losses[-1] if losses else None
+    record = {**record, "skipped": False, "resumed_from": start, "final_loss": final}
     record["seconds"] = round(time.perf_counter() - started, 3)
     return record
 
