@@ -90,7 +90,12 @@ class RunDir:
             )
         try:
             manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except json.JSONDecodeError as exc:
+            raise AuditError(
+                f"{self.manifest_path} is not valid JSON ({exc}); restore it from a backup: "
+                "nothing was changed"
+            ) from None
+        except (OSError, UnicodeDecodeError) as exc:
             reason = getattr(exc, "strerror", None) or exc
             raise AuditError(
                 f"{self.manifest_path} is unreadable ({reason}); restore it from a backup: "
