@@ -37,6 +37,12 @@ def pin_mkl() -> None:
         os.environ["MKL_CBWR"] = DEFAULT
         set_by = "t2i-audit"
     _state.update(set_by=set_by, before_torch=not torch_first)
+    if os.environ.get("MKL_CBWR", "").strip().upper().startswith("COMPATIBLE"):
+        warnings.warn(
+            "MKL_CBWR=COMPATIBLE was measured to break fixed-shape batch invariance (an image "
+            "then depends on what shares its batch); unset it or use AUTO,STRICT",
+            stacklevel=3,
+        )
     if torch_first and set_by == "t2i-audit":
         warnings.warn(
             "torch was imported before analysis: MKL_CBWR was set late and may not take effect; "

@@ -28,7 +28,7 @@ def _child(code: str, **env: str) -> str:
 
 def test_importing_the_package_pins_mkl_before_torch_and_keeps_a_users_value() -> None:
     assert _child(_SHOW) == "AUTO,STRICT False"  # set, and torch not loaded by the import
-    assert _child(_SHOW, MKL_CBWR="COMPATIBLE") == "COMPATIBLE False"
+    assert _child(_SHOW, MKL_CBWR="AVX2,STRICT") == "AVX2,STRICT False"
     assert _child(_SHOW, T2I_AUDIT_NO_MKL_PIN="1") == "None False"
     # the console script's module pins too
     cli = "import os, analysis.cli; print(os.environ.get('MKL_CBWR'))"
@@ -53,9 +53,21 @@ def test_the_manifest_records_the_numerics_and_a_changed_pin_warns_on_resume(tmp
     assert numerics["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert numerics["blas"] == "mkl" and numerics["mkl_cbwr_before_torch"] is True
     # the run resumes under another pin: the image it regenerates may differ in the last bits
-    manifest["numerics"]["mkl_cbwr"] = "COMPATIBLE"
+    other = "AVX2,STRICT" if os.environ["MKL_CBWR"] != "AVX2,STRICT" else "AUTO,STRICT"
+    manifest["numerics"]["mkl_cbwr"] = other
     (out / "manifest.json").write_text(json.dumps(manifest))
     next((out / "images").rglob("*.png")).unlink()
     summary = tiny_probe(out, countries=["JPN"], images_per_country=1, configs=["sd"])["generate"]
     assert summary["generated"] == 1
-    assert f"mkl_cbwr (COMPATIBLE -> {os.environ['MKL_CBWR']})" in summary["warning"]
+    assert f"mkl_cbwr ({other} -> {os.environ['MKL_CBWR']})" in summary["warning"]
+
+
+def test_a_pin_known_to_break_batch_invariance_warns() -> None:
+    code = "import warnings; warnings.simplefilter('always')\nimport analysis\n"
+    out = subprocess.run(
+        [sys.executable, "-W", "always", "-c", code],
+        env={**os.environ, "MKL_CBWR": "COMPATIBLE"},
+        capture_output=True,
+        text=True,
+    )
+    assert "break fixed-shape batch invariance" in out.stderr
