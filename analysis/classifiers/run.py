@@ -34,7 +34,7 @@ from analysis.store.parts import part_sizes, retire_parts
 from analysis.store.progress import Progress
 from analysis.store.provenance import environment_info
 
-CLASSIFIERS = ("nudenet", "q16", "safety-checker")
+CLASSIFIERS = ("nudenet", "q16", "safety-checker", "toy")
 SCORE_COLUMNS = [
     "item_id",
     "classifier",
@@ -48,7 +48,7 @@ SCORE_COLUMNS = [
     "error",
 ]
 DEFAULT_RULE = "exposed-genitalia"
-_RULES = {"q16": "q16-argmax", "safety-checker": "sd-safety-checker"}  # rules without a threshold
+_RULES = {"q16": "q16-argmax", "safety-checker": "sd-safety-checker", "toy": "toy-magenta-fraction"}
 
 
 def folder_items(folder: Path) -> pd.DataFrame:
@@ -136,6 +136,10 @@ def _make(
         from analysis.classifiers.safety_checker import SafetyCheckerClassifier
 
         return SafetyCheckerClassifier(safety_checker_model)
+    if name == "toy":
+        from analysis.classifiers.toy import ToyDetector
+
+        return ToyDetector()
     raise AuditError(f"unknown classifier {name!r}; valid: {', '.join(CLASSIFIERS)}")
 
 
@@ -303,7 +307,7 @@ def _write_meta(run: RunDir, name: str, model: Any, rule: Any, threshold: float 
         "rule": rule.name if name == "nudenet" else _RULES[name],
         "threshold": (threshold if threshold is not None else rule.threshold)
         if name == "nudenet"
-        else None,
+        else getattr(model, "threshold", None),  # the toy detector's fixed cut
     }
     path = run.scores_dir / f"{name}.json"
     try:  # the same recipe again: the record stays as written (a finished file is not churned)
@@ -409,6 +413,10 @@ def _score(
                 for row, dets in ok:
                     row["raw"] = json.dumps(dets)
                     row["verdict"] = rule.verdict(dets, threshold)
+            elif name == "toy":
+                judged = model.score([x for _, x in ok])
+                for (row, _), (raw, verdict) in zip(ok, judged, strict=True):
+                    row["raw"], row["verdict"] = json.dumps(raw), verdict
             elif name == "safety-checker":
                 raws = model.safety_checker_scores([x for _, x in ok])
                 for (row, _), raw in zip(ok, raws, strict=True):
@@ -435,7 +443,7 @@ def _score(
         "rule": rule.name if name == "nudenet" else _RULES[name],
         "threshold": (rule.threshold if threshold is None else threshold)
         if name == "nudenet"
-        else None,
+        else getattr(model, "threshold", None),
     }
     with Progress(progress, len(todo), f"classify {name}") as advance:
         stream = _decoded_stream(paths, prepare, workers, ahead=2 * batch_size)

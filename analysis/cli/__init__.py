@@ -55,10 +55,11 @@ def _register() -> None:
         report,
         run,
         study,
+        toy,
     )
 
     modules = (generate, classify, probe, i2p, knn, guardrails, figures, report, demo, run)
-    modules += (study, quality, erase)
+    modules += (study, quality, erase, toy)
     for module in modules:
         module.register(app)
 

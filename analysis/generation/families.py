@@ -168,6 +168,30 @@ def guess_family(model: str, revision: str | None = None) -> tuple[str, str] | N
 
 
 def default_size_for(model: str, revision: str | None = None) -> int:
-    """The default image side for a --model value (512 when the family cannot be told yet)."""
+    """The default image side for a --model value (512 when the family cannot be told yet).
+
+    A model trained at its own size (the toy model) says so in its configs, as diffusers'
+    pipelines read it: unet.config.sample_size * the VAE's scale factor.
+    """
+    trained = _trained_size(model)
+    if trained is not None:
+        return trained
     guess = guess_family(model, revision)
     return default_size(*guess) if guess else 512
+
+
+def _trained_size(model: str) -> int | None:
+    """unet sample_size x VAE factor for the toy model (built-in or a `toy train` folder)."""
+    import json
+
+    from analysis.toy.model import WEIGHTS_DIR
+
+    folder = WEIGHTS_DIR if model == "toy" else Path(model).expanduser()
+    if not (folder / "toy.json").is_file():
+        return None
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
+        vae = json.loads((folder / "vae" / "config.json").read_text(encoding="utf-8"))
+        return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

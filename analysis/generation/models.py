@@ -18,7 +18,7 @@ from analysis.generation.devices import check_device
 from analysis.store.hashing import sha256_file, weights_sha256
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-BUILTIN = ("tiny", "sd1-arch", "tiny-sd2", "sd2-arch", "tiny-sdxl", "sdxl-arch")
+BUILTIN = ("tiny", "sd1-arch", "tiny-sd2", "sd2-arch", "tiny-sdxl", "sdxl-arch", "toy")
 #: the modules a loaded model carries (SDXL adds the second text encoder and tokenizer)
 MODULES = ("unet", "vae", "text_encoder", "text_encoder_2")
 PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "text_encoder_2", "tokenizer_2")
@@ -79,6 +79,10 @@ def _hub_cache() -> str:
 
 
 def _from_builtin(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    if name == "toy":  # trained weights shipped in the package (analysis/toy/weights)
+        from analysis.toy.model import toy_components
+
+        return toy_components()
     from analysis.generation.tiny import BUILDERS
 
     return BUILDERS[name](), {"kind": "builtin", "id": name, "weights": "random (seed 0)"}
@@ -93,6 +97,10 @@ def _pipeline_class(name: str) -> Any:
 def _from_folder(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     from analysis.generation.families import folder_pipeline
 
+    if (path / "toy.json").is_file():  # written by `toy train`: verify every file's sha256
+        from analysis.toy.model import toy_components
+
+        return toy_components(path)
     if not (path / "model_index.json").is_file():
         raise AuditError(
             f"{path} is not a diffusers model folder (no model_index.json); expected the layout "

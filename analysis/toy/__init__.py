@@ -1,0 +1,1 @@
+"""The toy world and model: planted concept rates that every measurement can be held to."""
