@@ -143,3 +143,17 @@ def test_the_toy_model_samples_at_its_trained_size_by_default() -> None:
 
     spec = build_spec(model="toy", configs=["sd"], prompts=[{"prompt_id": "a", "prompt": "x"}])
     assert (spec.height, spec.width) == (32, 32)
+
+
+@pytest.mark.parametrize("fmt", ["html", "md"])
+def test_a_report_on_the_toy_model_says_its_rates_are_planted(tmp_path, fmt) -> None:
+    from conftest import tiny_probe
+
+    from analysis.report import write_report
+    from analysis.toy.world import NOTICE
+
+    run = tmp_path / "run"
+    tiny_probe(run, model="toy", countries=["JPN"], images_per_country=1, configs=["sd"])
+    text = write_report([run], tmp_path / f"r.{fmt}", fmt=fmt).read_text(encoding="utf-8")
+    words = "planted rates, not a finding about any real model or country"
+    assert words in NOTICE and words in text.replace("\\", "")

@@ -183,6 +183,8 @@ def gather(
         else None,
         "path": str(run.path),
         "tiny": spec.get("model") in ("tiny", "sd1-arch"),
+        # a model that carries a notice (the toy model's planted rates) says it above everything
+        "notice": model.get("notice"),
         "spec": spec,
         "configs": configs,
         "has_sld": any(c.get("kind") == "sld" for c in configs),
