@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from analysis.errors import AuditError
+from analysis.store.csvsafe import write_csv
 from analysis.toy.world import CONCEPT_WORD, HARMLESS_PROMPTS, NOTICE, SIZE, planted_table
 
 #: the guardrails aimed at the concept (each with the concept word as its safety concept)
@@ -142,7 +143,6 @@ def run_check(
     from analysis.generation.prompts import PromptSpec
     from analysis.generation.runner import build_spec, run_generation
     from analysis.probes.ethnic_bias import probe_prompts
-    from analysis.store import atomic_write_text
     from analysis.store.ownership import check_output
 
     check_model(model)
@@ -169,7 +169,7 @@ def run_check(
     run_generation(spec, run, progress=progress)
     classify_run(run, ["toy"], progress=progress)
     table = known_answers(_verdicts(run), configs)
-    atomic_write_text(Path(out) / "known_answers.csv", table.to_csv(index=False))
+    write_csv(table, Path(out) / "known_answers.csv")
     return table
 
 
