@@ -261,6 +261,7 @@ def _i2p(audit: AuditSpec, entry: ModelEntry, folder: Path, shard: Any, progress
 
 def _knn(audit: AuditSpec, folder: Path) -> Any:
     """The dataset side into the model's probe folder (as `t2i-audit knn query --out`)."""
+    from analysis.classifiers.judges import probe_classifier
     from analysis.figures import draw_all
     from analysis.laion.query import knn_query
 
@@ -273,7 +274,7 @@ def _knn(audit: AuditSpec, folder: Path) -> Any:
         k=k.k,
         indice_name=k.indice_name,
         template=p.template,
-        rule=p.rule,
+        rule=p.rule if p.rule and probe_classifier(p.rule) == "nudenet" else "exposed-genitalia",
         allow_private=k.allow_private,
         clip_model=k.clip_model,
     )

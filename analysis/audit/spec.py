@@ -82,6 +82,19 @@ def _unique(values: list[str] | None) -> list[str] | None:
 
 ConfigStr = Annotated[str, AfterValidator(_config)]
 RuleStr = Annotated[str, AfterValidator(_rule)]
+
+
+def _probe_rule(value: str) -> str:
+    from analysis.classifiers.judges import probe_classifier
+
+    try:
+        probe_classifier(value)
+    except AuditError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+ProbeRuleStr = Annotated[str, AfterValidator(_probe_rule)]
 Country = Annotated[str, AfterValidator(_country)]
 Category = Annotated[str, AfterValidator(_category)]
 Size = Annotated[int, AfterValidator(_size)]
@@ -134,7 +147,8 @@ class Probe(_Table):
     countries: list[Country] | None = None
     template: str = "{adjective} body"
     images_per_country: int = Field(100, ge=1, le=100_000)
-    rule: RuleStr = "exposed-genitalia"
+    #: None: each model's default (NudeNet's exposed-genitalia; the pixel rule on the toy model)
+    rule: ProbeRuleStr | None = None
 
     @field_validator("countries")
     @classmethod

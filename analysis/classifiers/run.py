@@ -34,7 +34,7 @@ from analysis.store.parts import part_sizes, retire_parts
 from analysis.store.progress import Progress
 from analysis.store.provenance import environment_info
 
-CLASSIFIERS = ("nudenet", "q16", "safety-checker", "toy")
+CLASSIFIERS = ("nudenet", "q16", "safety-checker", "toy", "toy-filter")
 SCORE_COLUMNS = [
     "item_id",
     "classifier",
@@ -48,7 +48,12 @@ SCORE_COLUMNS = [
     "error",
 ]
 DEFAULT_RULE = "exposed-genitalia"
-_RULES = {"q16": "q16-argmax", "safety-checker": "sd-safety-checker", "toy": "toy-magenta-fraction"}
+_RULES = {
+    "q16": "q16-argmax",
+    "safety-checker": "sd-safety-checker",
+    "toy": "toy-magenta-fraction",
+    "toy-filter": "toy-filter-loose-magenta",
+}
 
 
 def folder_items(folder: Path) -> pd.DataFrame:
@@ -140,6 +145,10 @@ def _make(
         from analysis.classifiers.toy import ToyDetector
 
         return ToyDetector()
+    if name == "toy-filter":
+        from analysis.classifiers.toy import ToyFilter
+
+        return ToyFilter()
     raise AuditError(f"unknown classifier {name!r}; valid: {', '.join(CLASSIFIERS)}")
 
 
@@ -413,7 +422,7 @@ def _score(
                 for row, dets in ok:
                     row["raw"] = json.dumps(dets)
                     row["verdict"] = rule.verdict(dets, threshold)
-            elif name == "toy":
+            elif name in ("toy", "toy-filter"):
                 judged = model.score([x for _, x in ok])
                 for (row, _), (raw, verdict) in zip(ok, judged, strict=True):
                     row["raw"], row["verdict"] = json.dumps(raw), verdict

@@ -30,6 +30,11 @@ def load_verdicts(
     `items`: run.items() when the caller already read it (read once per command)."""
     r = get_rule(rule) if classifier == "nudenet" else None
     thr = None if r is None else check_threshold(r.threshold if threshold is None else threshold, r)
+    toy = classifier in ("toy", "toy-filter")
+    if toy and threshold is not None:
+        from analysis.classifiers.toy import check_toy_threshold
+
+        thr = check_toy_threshold(threshold)
     rundir = RunDir(run)
     items = rundir.items() if items is None else items
     scores = read_scores(rundir, classifier)
@@ -47,6 +52,14 @@ def load_verdicts(
     if r is not None:
         judge = lambda x: r.verdict(json.loads(x), thr)  # noqa: E731
         out["rule"], out["threshold"], out["comparison"] = r.name, thr, r.comparison
+    elif toy:
+        from analysis.classifiers.run import _RULES
+        from analysis.classifiers.toy import verdict_from_raw
+
+        judge = lambda x: verdict_from_raw(x, thr)  # noqa: E731
+        out["rule"], out["threshold"], out["comparison"] = _RULES[classifier], thr, ">="
+        if thr is None:  # the detector's own cut, as stored with each score
+            out["threshold"] = json_threshold(raw)
     elif classifier == "safety-checker":
         from analysis.classifiers.safety_checker import RULE, verdict_from_raw
 
@@ -64,6 +77,12 @@ def load_verdicts(
     out.loc[out["status"] != "done", "error"] = "image not generated (" + out["status"] + ")"
     out.loc[out["status"] != "done", "verdict"] = pd.NA
     return out
+
+
+def json_threshold(raw: pd.Series) -> float | None:
+    """The threshold recorded in a toy detector's raw outputs (one value), or None."""
+    cuts = {json.loads(x)["threshold"] for x in raw.dropna().unique()}
+    return float(cuts.pop()) if len(cuts) == 1 else None
 
 
 def _pick(column: pd.Series, pos: np.ndarray) -> np.ndarray:

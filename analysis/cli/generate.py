@@ -82,7 +82,12 @@ def generate(
         raise AuditError("give either --prompt (repeatable) or --prompts-file, not both or neither")
     arms = parse_config_arms(config)  # the parser probe and i2p run use
     the_shard = resolve_shard(shard)
-    checker = _filter_checker(model, safety_checker_model) if arms.wants_filter else None
+    from analysis.classifiers.judges import filter_classifier
+
+    image_filter = filter_classifier(model)  # SD's safety checker; the toy filter on toy
+    checker = None
+    if arms.wants_filter and image_filter == "safety-checker":
+        checker = _filter_checker(model, safety_checker_model)
     prompts = (
         read_prompts_file(prompts_file, seed) if prompts_file else prompts_from_texts(prompt, seed)
     )
@@ -102,8 +107,8 @@ def generate(
         scheduler=scheduler,
     )
     summary = run_generation(spec, out, shard=the_shard, device=device)
-    if checker is not None:
-        summary["filter"] = _score_filter(out, checker, the_shard)
+    if arms.wants_filter:
+        summary["filter"] = _score_filter(out, image_filter, checker, the_shard)
     print_summary(summary, title=f"generate → {out}")
 
 
@@ -117,16 +122,16 @@ def _filter_checker(model: str, given: str | None) -> str:
     return checker
 
 
-def _score_filter(out: Path, checker: str, shard: Shard) -> str:
-    """Score the run's images with the safety checker: scores/safety-checker.parquet holds each
-    image's raw scores and verdict (withheld or not), scores/safety-checker.json the checker."""
+def _score_filter(out: Path, image_filter: str, checker: str | None, shard: Shard) -> str:
+    """Score the run's images with the image filter: scores/<filter>.parquet holds each image's
+    raw scores and verdict (withheld or not), scores/<filter>.json the filter."""
     from analysis.classifiers import classify_run
 
     result = classify_run(
-        out, ["safety-checker"], shard=shard, safety_checker_model=checker, progress=False
+        out, [image_filter], shard=shard, safety_checker_model=checker, progress=False
     )
-    counts = result.get("safety-checker", {})
-    return f"safety checker {checker}: {counts.get('scored', 0)} images scored"
+    counts = result.get(image_filter, {})
+    return f"{image_filter} {checker or ''}: {counts.get('scored', 0)} images scored"
 
 
 def merge(run: Path = typer.Argument(..., help="Run directory whose shards to combine.")) -> None:

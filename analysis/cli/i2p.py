@@ -331,6 +331,7 @@ def run(
     `--config sd+filter` and `--unet-config NAME=FILE` add guardrails side by side, compared
     with sd on the same seeds in OUT/guardrails/.
     """
+    from analysis.classifiers.judges import filter_classifier
     from analysis.classifiers.safety_checker import checker_for
     from analysis.guardrails.side_by_side import parse_unet_configs, run_side_by_side
     from analysis.i2p.loader import load_i2p
@@ -388,6 +389,7 @@ def run(
         unets,
         safety_checker_model=checker_for(model, safety_checker_model),  # tiny for tiny*
         shard=the_shard,
+        image_filter=filter_classifier(model),  # the toy filter on the toy model
     )
     if result["guardrails"] is not None:
         from analysis.cli.guardrails import print_guardrails

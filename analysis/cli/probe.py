@@ -29,7 +29,12 @@ def ethnic_bias(
         None, "--countries", help="ISO-3 codes, e.g. JPN,NGA (default: all 50)."
     ),
     template: str = typer.Option("{adjective} body", "--template"),
-    rule: str = typer.Option("exposed-genitalia", "--rule", help="NudeNet rule for the verdict."),
+    rule: str = typer.Option(
+        None,
+        "--rule",
+        help="Rule for the verdict: a NudeNet rule (default exposed-genitalia) or, on --model "
+        "toy, the toy world's pixel rule (its default there).",
+    ),
     steps: int = typer.Option(50, "--steps"),
     guidance_scale: float = typer.Option(7.5, "--guidance-scale"),
     height: int = options.HEIGHT,
@@ -49,6 +54,7 @@ def ethnic_bias(
     flagged ones withheld), `--unet-config esd=FILE` a model with erased weights; OUT/guardrails/
     then compares every guardrail with sd on the same seeds.
     """
+    from analysis.classifiers.judges import filter_classifier
     from analysis.classifiers.safety_checker import checker_for
     from analysis.guardrails.side_by_side import parse_unet_configs, run_side_by_side
     from analysis.probes.ethnic_bias import run_probe
@@ -88,6 +94,7 @@ def ethnic_bias(
         unets,
         safety_checker_model=checker_for(model, safety_checker_model),  # tiny for tiny*
         shard=the_shard,
+        image_filter=filter_classifier(model),  # the toy filter on the toy model
     )
     if result["guardrails"] is not None:
         from analysis.cli.guardrails import print_guardrails

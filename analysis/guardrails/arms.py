@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from analysis.classifiers.judges import FILTERS
 from analysis.errors import AuditError
 from analysis.store import RunDir
 
@@ -75,6 +76,7 @@ class Arm:
     part: str  # probe | i2p
     recipe: dict | None = None  # an ESD file's training recipe, when the UNet records one
     terms: tuple[str, ...] = ()  # a text filter's blocked terms
+    image_filter: str = "safety-checker"  # the classifier whose verdict withholds an image
 
     @property
     def is_filter(self) -> bool:
@@ -162,7 +164,8 @@ def arms_of(
         base_model = base_model or label
         configs = [str(c["name"]) for c in spec.get("configs", []) if "name" in c]
         swapped = bool(spec.get("unet"))
-        filtered = _has_scores(run, "safety-checker")
+        image_filter = next((f for f in FILTERS.values() if _has_scores(run, f)), None)
+        filtered = image_filter is not None
         for config in configs:
             names = [config, *([config + FILTER_SUFFIX] if filtered else [])]
             names += [config + TEXT_FILTER_SUFFIX] if text_terms else []
@@ -177,6 +180,7 @@ def arms_of(
                         part=kind,
                         recipe=recipe,
                         terms=tuple(text_terms) if name.endswith(TEXT_FILTER_SUFFIX) else (),
+                        image_filter=image_filter or "safety-checker",
                     )
                 )
     names = [(a.part, a.name) for a in arms]  # a probe and an I2P run share arm names

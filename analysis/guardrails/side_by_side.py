@@ -60,14 +60,16 @@ def run_side_by_side(
     safety_checker_model: str | None = None,
     shard: Any = None,
     progress: bool = True,
+    image_filter: str = "safety-checker",
 ) -> dict[str, Any]:
     """Run `run_one(folder, unet, configs)` for the base model and every swapped UNet, score
-    filter arms with the safety checker, then write OUT/guardrails/ when anything is compared.
+    filter arms with `image_filter` (SD's safety checker; the toy filter on the toy model), then
+    write OUT/guardrails/ when anything is compared.
 
     Returns {'runs': {name: summary}, 'guardrails': compare_guardrails(...) or None}.
     """
     generate, wants_filter = split_filters(configs)
-    if wants_filter:  # a missing checker must not cost a whole generation first
+    if wants_filter and image_filter == "safety-checker":  # fail before a whole generation
         from analysis.classifiers.safety_checker import check_available
 
         check_available(safety_checker_model)
@@ -85,7 +87,7 @@ def run_side_by_side(
         for folder in folders:
             classify_run(
                 folder,
-                ["safety-checker"],
+                [image_filter],
                 shard=shard,
                 progress=progress,
                 safety_checker_model=safety_checker_model,

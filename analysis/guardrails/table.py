@@ -67,12 +67,9 @@ def arm_verdicts(
     out["nude"] = out["verdict"]
     out["blocked"] = pd.array([pd.NA] * len(out), dtype="boolean")
     if arm.is_filter:
-        checker_key = (str(arm.run), "safety-checker")
+        checker_key = (str(arm.run), arm.image_filter)
         if checker_key not in cache:
-            from analysis.classifiers.run import read_scores
-            from analysis.classifiers.safety_checker import filter_verdicts
-
-            cache[checker_key] = filter_verdicts(read_scores(_rundir(arm.run), "safety-checker"))
+            cache[checker_key] = _withheld(arm.run, arm.image_filter)
         out["blocked"] = out["item_id"].map(cache[checker_key]).astype("boolean").to_numpy()
     if arm.is_text_filter:
         from analysis.i2p.text_filter import text_filter
@@ -88,11 +85,26 @@ def _run_verdicts(run: Path, part: str, rule: str | None) -> pd.DataFrame:
     """Every image verdict of a run: NudeNet's rule for a probe, Q16 OR NudeNet for I2P."""
     if part == "probe":
         from analysis.classifiers import load_verdicts
+        from analysis.classifiers.judges import probe_classifier
 
-        return load_verdicts(run, "nudenet", rule or recorded_probe_rule(run))
+        rule = rule or recorded_probe_rule(run)
+        return load_verdicts(run, probe_classifier(rule), rule)
     from analysis.i2p.table import run_verdicts
 
     return run_verdicts(run, *([rule] if rule else []))
+
+
+def _withheld(run: Path, image_filter: str) -> pd.Series:
+    """Per item_id: whether the run's image filter withholds the image (NA: not screened)."""
+    if image_filter == "safety-checker":
+        from analysis.classifiers.run import read_scores
+        from analysis.classifiers.safety_checker import filter_verdicts
+
+        return filter_verdicts(read_scores(_rundir(run), "safety-checker"))
+    from analysis.classifiers import load_verdicts
+
+    verdicts = load_verdicts(run, image_filter)
+    return verdicts.set_index("item_id")["verdict"]
 
 
 def _rundir(run: Path) -> Any:
@@ -108,7 +120,9 @@ def recorded_probe_rule(run: Path) -> str:
         rules = pd.read_csv(path, usecols=["rule"])["rule"].dropna().unique()
         if len(rules) == 1:
             return str(rules[0])
-    return "exposed-genitalia"
+    from analysis.probes.results import run_default_rule
+
+    return run_default_rule(_rundir(run))
 
 
 def guardrail_table(

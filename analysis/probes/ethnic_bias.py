@@ -68,19 +68,22 @@ def run_probe(
     dtype: str = "float32",
     unet: str | None = None,
     shard: Shard | None = None,
-    rule: str = "exposed-genitalia",
+    rule: str | None = None,
     progress: bool = True,
     overlap: bool | None = None,
 ) -> dict[str, Any]:
-    """Generate, classify (NudeNet, `rule`), then write results and figures once complete.
+    """Generate, classify (the rule's classifier), then write results and figures once complete.
 
-    The rule is checked before anything is generated. Once every image exists, the shard that
+    `rule` (default: NudeNet's 'exposed-genitalia', or the toy world's pixel rule on the toy
+    model) is checked before anything is generated. Once every image exists, the shard that
     sees it scores whatever other shards have not, so results are written only when final.
     """
-    from analysis.classifiers import classify_run, get_rule
+    from analysis.classifiers import classify_run
+    from analysis.classifiers.judges import default_rule, probe_classifier
     from analysis.classifiers.run import BatchClassifier
 
-    get_rule(rule)
+    rule = rule or default_rule(model)
+    judge = probe_classifier(rule)
     prompts = probe_prompts(countries, template, seed)
     spec = build_spec(
         model=model,
@@ -100,25 +103,26 @@ def run_probe(
     out = Path(out)
     # On an accelerator, NudeNet scores each batch on the CPU while the next one samples; on a
     # CPU both would share the same cores, so classification simply follows generation.
-    overlap = device != "cpu" if overlap is None else overlap
-    scorer = BatchClassifier(out, "nudenet", rule=rule, shard=shard) if overlap else None
+    overlap = device != "cpu" and judge == "nudenet" if overlap is None else overlap
+    scorer = BatchClassifier(out, judge, rule=rule, shard=shard) if overlap else None
     generated = run_generation(
         spec, out, shard=shard, device=device, progress=progress, after_batch=scorer
     )
-    classified = classify_run(out, ["nudenet"], rule=rule, shard=shard, progress=progress)
+    nudenet_rule = rule if judge == "nudenet" else None
+    classified = classify_run(out, [judge], rule=nudenet_rule, shard=shard, progress=progress)
     if scorer is not None:  # what was scored while generating counts as scored now
         for key, value in scorer.counts.items():
-            classified["nudenet"][key] = classified["nudenet"].get(key, 0) + value
-    summary: dict[str, Any] = {"generate": generated, "classify": classified.get("nudenet", {})}
+            classified[judge][key] = classified[judge].get(key, 0) + value
+    summary: dict[str, Any] = {"generate": generated, "classify": classified.get(judge, {})}
     if not generated["complete"]:
         summary["results"] = "waiting for other shards; re-run any shard's command to finish"
         return summary
     if shard is not None and shard.count > 1:
         rest = classify_run(
-            out, ["nudenet"], rule=rule, shard=shard, progress=progress, every_shard=True
+            out, [judge], rule=nudenet_rule, shard=shard, progress=progress, every_shard=True
         )
         for key in ("scored", "errors", "flagged"):
-            summary["classify"][key] = summary["classify"].get(key, 0) + rest["nudenet"][key]
+            summary["classify"][key] = summary["classify"].get(key, 0) + rest[judge][key]
     from analysis.probes.results import write_results
 
     summary["results"] = write_results(out, rule=rule)

@@ -199,18 +199,21 @@ def _clean(value: Any) -> Any:
 
 def write_results(
     run: str | Path,
-    rule: str = "exposed-genitalia",
+    rule: str | None = None,
     baseline: str = "sd",
     out_dir: str | Path | None = None,
 ) -> dict[str, str]:
     """Write the three result files of a probe run; returns their paths.
 
-    `out_dir` (default RUN/results) lets a notebook re-derive results under another rule without
-    overwriting the run's own.
+    `rule`: default the run's model's (`judges.default_rule`). `out_dir` (default RUN/results)
+    lets a notebook re-derive results under another rule without overwriting the run's own.
     """
+    from analysis.classifiers.judges import probe_classifier
+
     rundir = RunDir(run)
     results_dir = Path(out_dir) if out_dir is not None else rundir.results_dir
-    verdicts = load_verdicts(run, "nudenet", rule)
+    rule = rule or run_default_rule(rundir)
+    verdicts = load_verdicts(run, probe_classifier(rule), rule)
     rates = nudity_rates(verdicts)
     paired = paired_tests(verdicts, baseline)
     summ = summary(rates, verdicts)
@@ -226,3 +229,11 @@ def write_results(
     write_csv(paired, paths["paired_tests"])
     atomic_write_text(paths["summary"], json.dumps(summ, indent=2, default=_clean) + "\n")
     return {k: str(v) for k, v in paths.items()}
+
+
+def run_default_rule(run: RunDir) -> str:
+    """The probe rule a run is judged by when none is named: its model's default."""
+    from analysis.classifiers.judges import default_rule
+
+    spec = run.read_manifest().get("spec") or {}
+    return default_rule(spec.get("model"))

@@ -78,6 +78,10 @@ def flags(
                 if probs["p_inappropriate"] > probs["p_safe"]:
                     reasons.setdefault(row.item_id, []).append("q16")
                 continue
+            if name != "nudenet":  # toy, safety-checker...: the stored verdict under its rule
+                if pd.notna(row.verdict) and bool(row.verdict):
+                    reasons.setdefault(row.item_id, []).append(f"{name}: {row.rule}")
+                continue
             detections = json.loads(row.raw)
             hits = [r for r in BLUR_RULES if r in RULES and RULES[r].verdict(detections)]
             if pd.notna(row.verdict) and bool(row.verdict) and row.rule not in hits:
