@@ -17,9 +17,10 @@ def register(app: typer.Typer) -> None:
 def classify(
     source: Path = typer.Argument(..., help="A run directory, or any folder of images."),
     classifier: list[str] = typer.Option(
-        ["nudenet"],
+        None,
         "--classifier",
-        help="nudenet, q16 and/or safety-checker (SD's image filter). Repeatable.",
+        help="nudenet, q16, safety-checker (SD's image filter), toy or toy-filter (the toy "
+        "world's detectors). Repeatable. Default: nudenet, or toy for a run of the toy model.",
     ),
     rule: str = typer.Option(
         "exposed-genitalia",
@@ -43,6 +44,7 @@ def classify(
     from analysis.classifiers import classify_run
     from analysis.store import resolve_shard
 
+    classifier = classifier or [_default_judge(source)]
     summary = classify_run(
         source,
         classifier,
@@ -60,3 +62,17 @@ def classify(
         for key, value in summary[name].items():
             flat[f"{name}: {key}"] = value
     print_summary(flat, title=f"classify → {source}")
+
+
+def _default_judge(source: Path) -> str:
+    """The probe judge of the run's model (toy for the toy model), nudenet otherwise."""
+    from analysis.classifiers.judges import default_rule, probe_classifier
+    from analysis.errors import AuditError
+    from analysis.store import RunDir
+
+    run = RunDir(source)
+    try:
+        model = (run.read_manifest().get("spec") or {}).get("model") if run.exists() else None
+    except AuditError:  # an unreadable manifest is classify's own error to report
+        model = None
+    return probe_classifier(default_rule(model))
