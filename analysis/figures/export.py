@@ -69,9 +69,13 @@ def figure_html(
 def save_figure(
     fig, out_base: Path, formats: tuple[str, ...] = FORMATS, width: int = 1000, height: int = 560
 ) -> list[Path]:
-    """Write out_base.html/.png/.svg; PNG/SVG need Debian's chromium (kaleido uses it)."""
+    """Write out_base.html/.png/.svg; PNG/SVG need Debian's chromium (kaleido uses it).
+    A figure written into a run whose model carries a notice (the toy model) shows it."""
+    from analysis.figures.notice import notice_for_output, stamp_plotly
+
     pio = require("plotly.io", "figures", "Figures")
     out_base = Path(out_base)
+    stamp_plotly(fig, notice_for_output(out_base))
     out_base.parent.mkdir(parents=True, exist_ok=True)
     for i, trace in enumerate(fig.data):  # plotly.js otherwise draws random ids into SVG/HTML
         trace.uid = trace.uid or f"trace{i:03d}"

@@ -53,6 +53,8 @@ def regenerate_all(
 
             run_copy = tmp / "demo"
             shutil.copytree(demo_run / "results", run_copy / "results")
+            if (demo_run / "manifest.json").is_file():  # its model's notice goes on the figures
+                shutil.copyfile(demo_run / "manifest.json", run_copy / "manifest.json")
             draw_figures(run_copy)
             written += _sync(run_copy / "figures", out, "demo_")
         else:

@@ -490,10 +490,14 @@ def save_static(
     fig: Figure, out_base: str | Path, formats: tuple[str, ...] = STATIC_FORMATS, dpi: int = 300
 ) -> list[Path]:
     """Write out_base.pdf/.svg/.png; dates and software stamps are dropped and the SVG id salt
-    is fixed, so drawing the same data twice writes byte-identical files."""
+    is fixed, so drawing the same data twice writes byte-identical files. A figure written
+    into a run whose model carries a notice (the toy model) shows it as a footnote."""
     import matplotlib as mpl
 
+    from analysis.figures.notice import notice_for_output, stamp_matplotlib
+
     out_base = Path(out_base)
+    stamp_matplotlib(fig, notice_for_output(out_base))
     out_base.parent.mkdir(parents=True, exist_ok=True)
     metadata: dict[str, dict[str, Any]] = {
         "pdf": {"CreationDate": None, "ModDate": None},

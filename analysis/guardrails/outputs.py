@@ -97,10 +97,14 @@ def write_guardrails(
     md = out / f"{STEM}.md"
     atomic_write_text(md, markdown_table(readable) + "\n")
     written += [csv, meta, md, write_tex(guardrails_tex(readable), out / f"{STEM}.tex")]
+    from analysis.figures.notice import run_notice, stamp_matplotlib
     from analysis.figures.static import save_static
     from analysis.guardrails.figure import guardrail_figure
 
-    written += save_static(guardrail_figure(table), out / f"paper_{STEM}")
+    # the arms' runs, not the output folder, say whether the figure needs a notice (toy model)
+    notices = sorted({n for a in arms if (n := run_notice(a.run))})
+    figure = stamp_matplotlib(guardrail_figure(table), "; ".join(notices) or None)
+    written += save_static(figure, out / f"paper_{STEM}")
     return written
 
 

@@ -20,8 +20,16 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader
 
 from analysis.errors import AuditError
+from analysis.figures.notice import manifest_notice
 from analysis.report import markdown
 from analysis.report.csp import policy, script_hashes
+from analysis.report.findings import (
+    PAIRED_NUMBERS,
+    RATE_NUMBERS,
+    RunTables,
+    key_findings,
+    numeric,
+)
 from analysis.report.markdown import md_link_target
 from analysis.report.samples import read_all_scores
 from analysis.report.samples import samples as sample_images
@@ -48,6 +56,12 @@ def _read_csv(path: Path) -> pd.DataFrame | None:
     return table
 
 
+def _numbers(path: Path, columns: tuple[str, ...]) -> pd.DataFrame | None:
+    """A results table whose numeric columns hold numbers (text in one: a named error)."""
+    table = _read_csv(path)
+    return None if table is None else numeric(table, columns, str(path))
+
+
 def _read_json(path: Path) -> Any:
     if not path.is_file():
         return None
@@ -70,15 +84,16 @@ def _figures(run: RunDir) -> list[dict[str, Any]]:
     return figs
 
 
-def _interactive_map(run: RunDir, key: str) -> str | None:
+def _interactive_map(run: RunDir, key: str, notice: str | None) -> str | None:
     rates = _read_csv(run.results_dir / "nudity_rates.csv")
     if rates is None or rates.empty:
         return None
     from analysis.figures.export import figure_html
     from analysis.figures.maps import rate_map
+    from analysis.figures.notice import stamp_plotly
 
     return figure_html(
-        rate_map(rates, "Nudity rate per country (interactive)"),
+        stamp_plotly(rate_map(rates, "Nudity rate per country (interactive)"), notice),
         div_id=f"map-{key}",
         full_html=False,
         include_plotlyjs=False,
@@ -149,7 +164,8 @@ def gather(
     summary = _read_json(run.results_dir / "summary.json")
     results = run.results_dir
     i2p_dir = run.path / "i2p"
-    model = manifest.get("model", {})
+    notice = manifest_notice(manifest, run.manifest_path)
+    model = manifest.get("model") or {}
     figures = _figures(run)
     if i2p_dir.is_dir():
         figures += [
@@ -161,8 +177,8 @@ def gather(
             for p in sorted(i2p_dir.glob("*.png"))
         ]
     complete = stages["pending"] == 0 and all(c["missing"] == 0 for c in stages["scored"].values())
-    rates = _read_csv(results / "nudity_rates.csv")
-    paired = _read_csv(results / "paired_tests.csv")
+    rates = _numbers(results / "nudity_rates.csv", RATE_NUMBERS)
+    paired = _numbers(results / "paired_tests.csv", PAIRED_NUMBERS)
     dataset = _read_csv(results / "dataset_nudity_rates.csv")
     i2p_table = _read_csv(i2p_dir / "i2p_table.csv") if i2p_dir.is_dir() else None
     if i2p_table is None:
@@ -171,9 +187,11 @@ def gather(
     configs = spec.get("configs", [])
     audit = _read_json(run.path.parent.parent / "audit.json")  # a run of `t2i-audit run FILE`
     name = f"{run.path.parent.name}/{run.path.name}" if audit else run.path.name
+    provisional = not complete or (summary is not None and summary.get("final") is False)
     return {
         "key": key,
         "name": name,
+        "tables": RunTables(name, rates, paired, provisional),
         "audit": {
             "file": audit.get("spec_file"),
             "sha256": audit.get("spec_sha256"),
@@ -184,7 +202,7 @@ def gather(
         "path": str(run.path),
         "tiny": spec.get("model") in ("tiny", "sd1-arch"),
         # a model that carries a notice (the toy model's planted rates) says it above everything
-        "notice": model.get("notice"),
+        "notice": notice,
         "spec": spec,
         "configs": configs,
         "has_sld": any(c.get("kind") == "sld" for c in configs),
@@ -208,7 +226,7 @@ def gather(
         "i2p_table": present(i2p_table),
         "i2p_corr": present(i2p_corr, CORR_COLUMNS),
         "figures": figures,
-        "map_html": _interactive_map(run, key) if interactive else None,
+        "map_html": _interactive_map(run, key, notice) if interactive else None,
         "samples": sample_images(run, blur, items, scores),
     }
 
@@ -227,14 +245,26 @@ def _guardrails(folder: Path | None) -> dict[str, Any] | None:
     """The guardrail comparison written by `t2i-audit guardrails --out FOLDER` (labelled)."""
     if folder is None:
         return None
-    from analysis.guardrails.outputs import readable_table
+    from analysis.guardrails.outputs import READABLE, readable_table
 
     table = _read_csv(Path(folder) / "guardrails.csv")
     if table is None:
         raise AuditError(f"{folder} has no guardrails.csv; run `t2i-audit guardrails` first")
-    echo = _read_json(Path(folder) / "guardrails.json")
+    echo = _read_json(Path(folder) / "guardrails.json") or {}
+    if not isinstance(echo, dict):
+        raise AuditError(f"{folder}/guardrails.json is not a JSON object; re-run the guardrails")
     figure = Path(folder) / "paper_guardrails.png"
+    missing = {"guardrail", "family"} - set(table.columns)
+    if missing:
+        raise AuditError(
+            f"{folder}/guardrails.csv lacks the column(s) {', '.join(sorted(missing))}; "
+            "re-run `t2i-audit guardrails`"
+        )
+    numbers = [c for _, cols, _ in READABLE for c in cols]
+    numbers += ["probe_mcnemar_p", "probe_n_missing", "i2p_n_missing"]
+    table = numeric(table, tuple(numbers), f"{folder}/guardrails.csv")
     return {
+        "table": table,
         "rows": readable_table(table).to_dict("records"),
         "baseline": echo.get("baseline", "sd"),
         "conventions": echo.get("conventions", {}),
@@ -286,6 +316,7 @@ def write_report(
     scripts = [f"<script>{plotlyjs}</script>" if plotlyjs else ""] + [
         d["map_html"] or "" for d in data
     ]
+    guard = _guardrails(guardrails)
     context = {
         "title": title or f"Audit of {', '.join(d['name'] for d in data)}",
         "runs": data,
@@ -293,7 +324,12 @@ def write_report(
         "blur": blur,
         "plotlyjs": plotlyjs,
         "csp": policy(script_hashes(*scripts)),
-        "guardrails": _guardrails(guardrails),
+        "guardrails": guard,
+        "findings": key_findings(
+            [d["tables"] for d in data],
+            guard["table"] if guard else None,
+            guard["baseline"] if guard else "sd",
+        ),
         "any": {
             key: any(d[key] for d in data)
             for key in ("rates", "paired", "dataset", "i2p_table", "i2p_corr", "has_sld")
