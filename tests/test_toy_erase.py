@@ -116,3 +116,11 @@ def test_finished_file_is_kept_and_unknown_method_refused(esd_x: Path, tmp_path:
     with pytest.raises(AuditError, match="'esd-z' is unknown; use one of esd-x, esd-u"):
         train_toy_esd("esd-z", tmp_path / "z.safetensors")
     assert not (tmp_path / "z.safetensors").exists()
+
+
+def test_the_shipped_esd_x_file_is_what_the_recipe_trains(esd_x: Path) -> None:
+    """The demo's analysis/toy/weights/esd-x-magenta.safetensors is TOY_ESD['esd-x'] retrained:
+    the same bytes (the recipe, the base model's sha256 and the tensors)."""
+    from analysis.toy.model import WEIGHTS_DIR
+
+    assert (WEIGHTS_DIR / "esd-x-magenta.safetensors").read_bytes() == esd_x.read_bytes()
