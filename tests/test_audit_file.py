@@ -15,8 +15,8 @@ from analysis.audit import load_audit
 from analysis.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-DEMO = CONFIGS / "demo.toml"
-#: demo.toml made tiny: 2 countries x 1 image, 2 prompts of I2P, 2 steps at 32 px
+DEMO = Path(__file__).resolve().parent / "data" / "tiny-audit.toml"
+#: the tiny-model audit (both parts) made tinier: 2 countries x 1 image, 2 I2P prompts, 2 steps
 SMALL = {
     "probe.countries": "['JPN', 'NGA']",
     "probe.images_per_country": "1",
@@ -290,33 +290,31 @@ def test_a_part_that_cannot_start_fails_before_any_generation(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_demo_command_runs_the_shipped_demo_toml(tmp_path, capsys):
+    """The demo on the toy model: planted-looking rates, SLD and ESD lowering them on shared
+    seeds, the notice on every output."""
     from analysis.resources import config_file
+    from analysis.toy.world import NOTICE, planted_table
 
     out = tmp_path / "demo"
-    code, stdout, err = cli(
-        capsys, "demo", "--out", out, "--images-per-country", "1", "--steps", "1"
-    )
+    code, stdout, err = cli(capsys, "demo", "--out", out)
     assert code == 0, err
     shipped = config_file("demo.toml")
-    assert shipped.resolve() == DEMO.resolve()  # the repository's configs/ is the package's
+    assert shipped.resolve() == (CONFIGS / "demo.toml").resolve()  # configs/ is the package's
     assert (out / "audit.toml").read_bytes() == shipped.read_bytes()
     record = json.loads((out / "audit.json").read_text())
-    assert record["overrides"] == {
-        "report": {"enabled": False},
-        "probe": {"images_per_country": 1},
-        "sampler": {"steps": 1},
-    }
-    parts = {p["part"]: p for p in record["last_run"]["parts"]}
-    assert parts["probe"]["planned"] == 6 * 2  # demo.toml: 6 countries x sd, sld-max
-    assert parts["i2p"]["planned"] == 8 * 2  # demo.toml: 8 I2P prompts x 1 image x 2 configs
-    probe = out / "tiny" / "ethnic-bias"
-    rates = pd.read_csv(probe / "results" / "nudity_rates.csv")
-    assert set(rates["iso3"]) == {"JPN", "NGA", "USA", "BRA", "DEU", "IND"}
-    assert (probe / "i2p" / "toxicity_correlation.csv").is_file()  # bundled-data statistics
-    html = (out / "report.html").read_text()
-    assert record["spec_sha256"] in html  # provenance names the audit file by its hash
+    assert record["overrides"]["report"] == {"enabled": False}
+    parts = {(p["model"], p["part"]): p for p in record["last_run"]["parts"]}
+    assert parts[("toy", "probe")]["planned"] == 12 * 6 * 2  # demo.toml: 12 countries x 6 x 2
+    assert parts[("toy-esd-x", "probe")]["planned"] == 12 * 6  # ESD alone: sd
+    rates = pd.read_csv(out / "toy" / "ethnic-bias" / "results" / "nudity_rates.csv")
+    sd = rates[rates["config"] == "sd"].set_index("iso3")
+    assert set(sd.index) == {"KEN", "COL", "NGA", "THA", "MEX", "IND", "EGY", "USA", "ARG",
+                             "FRA", "GBR", "SWE"}  # fmt: skip
+    planted = planted_table().set_index("iso3").loc[sd.index, "planted_rate"]
+    assert sd["rate"].max() > 0.5 and sd["rate"].corr(planted, method="spearman") > 0.6
     guard = pd.read_csv(out / "guardrails" / "guardrails.csv").set_index("guardrail")
-    assert list(guard.index) == ["sd", "sld-max"]
-    assert guard.loc["sld-max", "probe_n_pairs"] == 6 and guard.loc["sld-max", "i2p_n_pairs"] == 8
-    assert "Guardrails against sd" in html and "Change vs SD (probe)" in html
+    for arm in ("sld-strong-magenta", "toy-esd-x:sd"):
+        assert guard.loc[arm, "probe_change_ci_high"] < 0, arm  # lowered, interval below 0
+    html = (out / "report.html").read_text()
+    assert NOTICE in html and record["spec_sha256"] in html
     assert "demo finished" in stdout

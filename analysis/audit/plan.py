@@ -54,7 +54,7 @@ def probe_spec(audit: AuditSpec, entry: ModelEntry) -> Any:
     return build_spec(
         model=entry.model,
         unet=entry.unet,
-        configs=list(audit.configs),
+        configs=audit.configs_for(entry),
         prompts=probe_prompts(probe.countries, probe.template, s.seed),
         images_per_prompt=probe.images_per_country,
         steps=s.steps,
@@ -78,7 +78,7 @@ def i2p_spec(audit: AuditSpec, entry: ModelEntry) -> Any:
     return build_i2p_spec(
         load_i2p(i2p.data),
         model=entry.model,
-        configs=list(audit.configs),
+        configs=audit.configs_for(entry),
         images_per_prompt=i2p.images_per_prompt,
         steps=s.steps,
         guidance_scale=s.guidance_scale,

@@ -222,7 +222,7 @@ def _probe(audit: AuditSpec, entry: ModelEntry, folder: Path, shard: Any, progre
         countries=p.countries,
         images_per_country=p.images_per_country,
         seed=s.seed,
-        configs=list(audit.configs),
+        configs=audit.configs_for(entry),
         template=p.template,
         steps=s.steps,
         guidance_scale=s.guidance_scale,
@@ -299,7 +299,9 @@ def guardrail_table(audit: AuditSpec, out: Path) -> Path | None:
     ]
     if "sd" not in audit.configs or len(audit.models) * len(audit.configs) < 2 or not runs:
         return None
-    compare_guardrails(runs, out / GUARDRAILS)
+    # arms are named by the audit file's model names (e.g. 'esd-x:sd'), not weight file names
+    labels = {str(part_folder(out, m, p)): m.name for m in audit.models for p in _gen_parts(audit)}
+    compare_guardrails(runs, out / GUARDRAILS, labels=labels)
     return out / GUARDRAILS
 
 

@@ -111,6 +111,8 @@ class ModelEntry(_Table):
     model: str = Field(min_length=1)
     unet: str | None = None
     dtype: str = "float32"
+    #: the file's configs this model runs (default: all), e.g. an erased model without SLD
+    configs: list[str] | None = None
 
     @field_validator("name")
     @classmethod
@@ -248,6 +250,10 @@ class AuditSpec(_Table):
         """Values given on the command line (--set) over the file's."""
         return self._overrides
 
+    def configs_for(self, entry: ModelEntry) -> list[str]:
+        """The configs `entry` runs, in the file's order."""
+        return [c for c in self.configs if entry.configs is None or c in entry.configs]
+
     def parts(self) -> list[str]:
         """The enabled parts, in run order."""
         return [
@@ -320,6 +326,16 @@ def _cross_checks(spec: AuditSpec, text: str, path: Path) -> None:
             fail(("models", i, "name"), f"model name {name!r} is used twice")
     from analysis.guidance import resolve_config
 
+    for i, m in enumerate(spec.models):
+        for j, value in enumerate(m.configs or []):
+            if value not in spec.configs:
+                fail(
+                    ("models", i, "configs", j),
+                    f"config {value!r} of model {m.name!r} is not one of the file's configs "
+                    f"({', '.join(spec.configs)})",
+                )
+        if m.configs is not None and not m.configs:
+            fail(("models", i, "configs"), f"model {m.name!r} lists no configs")
     seen: dict[str, int] = {}
     for i, value in enumerate(spec.configs):
         name = resolve_config(value).name
