@@ -48,7 +48,8 @@ ETHNIC_BIAS = notebook(
     "Rates with 95% Wilson intervals per country and config, the paired SD-vs-SLD comparison on "
     "identical seeds, and the world map. Run `t2i-audit demo` or `t2i-audit probe ethnic-bias` "
     "first; this notebook only reads the run directory.",
-    'run_dir = "../runs/demo/tiny/ethnic-bias"\nrule = "exposed-genitalia"\n'
+    'run_dir = "../runs/demo/toy/ethnic-bias"\n'
+    'rule = "toy-magenta-fraction"  # a probe rule: the toy world\'s, or NudeNet\'s for a real model\n'
     "out_dir = None  # None = outputs/<run>/<rule> beside this notebook; the run is never changed",
     [
         """import pandas as pd
@@ -105,7 +106,7 @@ DATASET = notebook(
     "Per country, the share of the k nearest index images (clip-retrieval back end or local faiss "
     "folder) judged by the same NudeNet rule, next to the model-side rate. Run `t2i-audit knn "
     "query ... --out RUN` first.",
-    'run_dir = "../runs/demo/tiny/ethnic-bias"',
+    'run_dir = "../runs/demo/toy/ethnic-bias"',
     [
         """import pandas as pd
 

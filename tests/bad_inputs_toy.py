@@ -6,7 +6,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from badinput import GEN, Case, _write
+from badinput import GEN, PROBE, Case, _write
 
 TRAIN = ["toy", "train", "--out", "{tmp}/new", "--vae-steps", "1", "--unet-steps", "1"]
 
@@ -71,6 +71,32 @@ CASES = [
         "toy-check-model-without-world",
         ["toy", "check", "--out", "{tmp}/new", "--model", "tiny"],
         "no planted world",
+        new_out=True,
+    ),
+    Case(
+        "toy-check-corrupt-weights",
+        ["toy", "check", "--out", "{tmp}/new", "--model", "{tmp}/toy"],
+        "is corrupt",
+        _toy_copy("corrupt"),
+        new_out=True,
+    ),
+    Case(
+        "toy-check-unknown-country",
+        ["toy", "check", "--out", "{tmp}/new", "--countries", "JPN,XXX"],
+        "XXX",
+        new_out=True,
+    ),
+    Case("toy-check-out-is-a-run", ["toy", "check", "--out", "{run}"], "run"),
+    Case(
+        "toy-check-out-is-a-file",
+        ["toy", "check", "--out", "{tmp}/file.txt"],
+        "file.txt",
+        _write("file.txt", "mine"),
+    ),
+    Case(
+        "toy-probe-unknown-rule",
+        [*PROBE, "--model", "toy", "--rule", "toy-magenta"],
+        "toy-magenta-fraction",
         new_out=True,
     ),
     Case(

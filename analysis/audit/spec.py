@@ -31,21 +31,13 @@ DTYPES = ("float32", "float16", "bfloat16")
 def _config(value: str) -> str:
     from analysis.guidance import resolve_config
 
-    try:
-        resolve_config(value)
-    except AuditError as exc:
-        raise ValueError(str(exc)) from None
-    return value
+    return _checked(resolve_config, value)
 
 
 def _rule(value: str) -> str:
     from analysis.classifiers.rules import get_rule
 
-    try:
-        get_rule(value)
-    except AuditError as exc:
-        raise ValueError(str(exc)) from None
-    return value
+    return _checked(get_rule, value)
 
 
 def _country(value: str) -> str:
@@ -87,8 +79,13 @@ RuleStr = Annotated[str, AfterValidator(_rule)]
 def _probe_rule(value: str) -> str:
     from analysis.classifiers.judges import probe_classifier
 
+    return _checked(probe_classifier, value)
+
+
+def _checked(check: Any, value: str) -> str:
+    """`value` once `check(value)` passed; its AuditError as pydantic's ValueError."""
     try:
-        probe_classifier(value)
+        check(value)
     except AuditError as exc:
         raise ValueError(str(exc)) from None
     return value

@@ -99,7 +99,7 @@ def check(
         None, "--countries", help="Calibration countries, ISO-3 (default: all 50)."
     ),
     guard_images: int = typer.Option(
-        16, "--guard-images", min=2, help="Images per prompt of the guardrail comparison."
+        32, "--guard-images", min=2, help="Images per prompt of the guardrail comparison."
     ),
     steps: int = typer.Option(20, "--steps", min=1),
     batch_size: int = typer.Option(32, "--batch-size", min=1),

@@ -1,7 +1,7 @@
 """`t2i-audit figures --all`: regenerate the repository's figures/ folder, deterministically.
 
 Sources: the bundled I2P data (toxicity vs inappropriateness) and the demo run's probe results
-(runs/demo/tiny/ethnic-bias, made by `t2i-audit demo`). Seeds are fixed, HTML div ids and SVG
+(runs/demo/toy/ethnic-bias, made by `t2i-audit demo`). Seeds are fixed, HTML div ids and SVG
 clip ids are stable, and files are only rewritten when their bytes change, so a second run
 changes no file; figures no longer drawn are removed.
 """
@@ -33,7 +33,7 @@ def _sync(src_dir: Path, out: Path, prefix: str) -> list[Path]:
 
 
 def regenerate_all(
-    out: Path = Path("figures"), demo_run: Path = Path("runs/demo/tiny/ethnic-bias")
+    out: Path = Path("figures"), demo_run: Path = Path("runs/demo/toy/ethnic-bias")
 ) -> list[Path]:
     """Redraw every figure into `out`; returns the figure files (changed or not)."""
     from analysis.i2p import correlate

@@ -18,6 +18,7 @@ from typing import Literal
 import pandas as pd
 
 from analysis.errors import AuditError
+from analysis.probes.results import PAIRED_COLUMNS, RATE_COLUMNS
 
 Kind = Literal["paired", "spread", "guardrail", "zero", "status"]
 MAX_LINES = 6  # the section's length, status lines included
@@ -26,30 +27,9 @@ NO_CHANGE = "not distinguishable from no change"
 NO_DIFFERENCE = "intervals overlap: not distinguishable from no difference"
 
 #: the numeric columns of the probe's results tables (`analysis.probes.results`)
-RATE_NUMBERS = (
-    "n",
-    "nude",
-    "rate",
-    "ci_low",
-    "ci_high",
-    "ratio_to_mean",
-    "n_requested",
-    "n_missing",
-)
-PAIRED_NUMBERS = (
-    "n_pairs",
-    "rate_baseline",
-    "rate_config",
-    "difference",
-    "ci_low",
-    "ci_high",
-    "discordant_baseline_only",
-    "discordant_config_only",
-    "mcnemar_p",
-    "p_holm",
-    "p_bh",
-    "family_size",
-)
+_TEXT = {"country", "iso3", "region", "config", "baseline", "rule", "note"}
+RATE_NUMBERS = tuple(c for c in RATE_COLUMNS if c not in _TEXT)
+PAIRED_NUMBERS = tuple(c for c in PAIRED_COLUMNS if c not in _TEXT)
 PAIRED_NEEDS = (
     "iso3",
     "config",

@@ -32,6 +32,7 @@ import pandas as pd
 
 from analysis.errors import AuditError
 from analysis.store.csvsafe import write_csv
+from analysis.toy.model import WEIGHTS_DIR
 from analysis.toy.world import (
     CONCEPT_WORD,
     HARMLESS_PROMPTS,
@@ -43,6 +44,8 @@ from analysis.toy.world import (
 #: the inference-time guardrails aimed at the concept (each with the concept word as its concept)
 GUIDANCE = ("sld-medium", "sld-strong", "sld-max", "negative")
 ESD_METHODS = ("esd-u", "esd-x")
+#: the ESD weights that ship with the toy model (the demo's), retrained and compared here
+SHIPPED_ESD = {"esd-x": WEIGHTS_DIR / f"esd-x-{CONCEPT_WORD}.safetensors"}
 MIN_SPEARMAN = 0.8
 MAX_HARMLESS_RATE = 0.05
 COVERAGE_BAND = (0.90, 0.99)
@@ -56,7 +59,7 @@ class Sizes:
 
     images_per_country: int = 32  # calibration: SD on all 50 countries
     guard_countries: int = 8  # the highest planted rates
-    guard_images: int = 16
+    guard_images: int = 32
     explicit_countries: int = 4  # prompts naming the concept ('<adjective> body, magenta')
     coverage_countries: int = 4  # spread over the planted range
     coverage_large: int = 200  # the large run whose rate the small runs' intervals must contain
@@ -69,8 +72,12 @@ class Sizes:
 
 
 def check_model(model: str) -> None:
-    """Only a model trained on the planted world has known answers."""
+    """Only a model trained on the planted world has known answers; its files are verified
+    (sha256) before anything is written."""
+    from analysis.toy.model import verify
+
     if model == "toy" or (Path(model) / "toy.json").is_file():
+        verify(WEIGHTS_DIR if model == "toy" else Path(model))
         return
     raise AuditError(
         f"--model {model} has no planted world (no toy.json): `toy check` needs 'toy' or a "
@@ -428,6 +435,19 @@ def guardrail_rows(arms: dict[str, tuple[Path, str]], base: tuple[Path, str]) ->
     return rows
 
 
+def _reproduced(method: str, trained: Path, shipped: Path) -> dict[str, Any]:
+    """The shipped ESD file (the demo's) is what the recipe trains, byte for byte."""
+    import hashlib
+
+    ours, theirs = (hashlib.sha256(p.read_bytes()).hexdigest() for p in (trained, shipped))
+    return _row(
+        f"reproducibility: {method} trained here equals the shipped {shipped.name} (sha256)",
+        "equal",
+        f"{ours[:12]} vs {theirs[:12]}",
+        ours == theirs,
+    )
+
+
 def _kinds(table: pd.DataFrame) -> dict[str, pd.Series]:
     countries = set(planted_table()["iso3"])
     return {
@@ -507,6 +527,9 @@ def run_check(
 
         for method in ESD_METHODS:
             weights = train_toy_esd(method, guard / f"{method}.safetensors", model=model)
+            shipped = SHIPPED_ESD.get(method)
+            if model == "toy" and shipped is not None:
+                rows.append(_reproduced(method, weights, shipped))
             arms[method] = (
                 _generate(
                     guard / f"run-{method}",
