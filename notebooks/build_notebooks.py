@@ -49,7 +49,7 @@ ETHNIC_BIAS = notebook(
     "identical seeds, and the world map. Run `t2i-audit demo` or `t2i-audit probe ethnic-bias` "
     "first; this notebook only reads the run directory.",
     'run_dir = "../runs/demo/toy/ethnic-bias"\n'
-    'rule = "toy-magenta-fraction"  # the toy world\'s rule; NudeNet\'s for a real model\n'
+    "rule = \"toy-magenta-fraction\"  # the toy world's rule; NudeNet's for a real model\n"
     "out_dir = None  # None = outputs/<run>/<rule> beside this notebook; the run is never changed",
     [
         """import pandas as pd
