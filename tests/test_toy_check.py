@@ -192,3 +192,21 @@ def test_toy_check_refuses_a_model_without_a_planted_world(tmp_path) -> None:
     with pytest.raises(AuditError, match="no planted world"):
         check.run_check(tmp_path / "out", model="tiny")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("passed", [True, False])
+def test_toy_check_command_exits_1_on_any_failed_row(tmp_path, capsys, monkeypatch, passed) -> None:
+    from analysis.cli import main
+
+    table = pd.DataFrame(
+        [
+            {"check": "a", "target": "t", "measured": 1, "passed": True},
+            {"check": "b", "target": "t", "measured": 2, "passed": passed},
+        ]
+    )
+    monkeypatch.setattr(check, "run_check", lambda *a, **k: table)
+    with pytest.raises(SystemExit) as exc:
+        main(["toy", "check", "--out", str(tmp_path / "out")])
+    assert (exc.value.code or 0) == (0 if passed else 1)
+    out = capsys.readouterr().out
+    assert ("all checks passed" in out) == passed and ("1 check(s) FAILED" in out) != passed
