@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
-import os
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +24,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from analysis.erase.output import (
+    atomic_write,
+    base_source,
+    check_finished,
+    check_output,
+    record_fingerprint,
+    write_weights,
+)
 from analysis.erase.recipes import RECIPES, EsdSettings, Recipe
 from analysis.errors import AuditError, Interrupted
 from analysis.generation.models import LoadedModel
-from analysis.store.weights import RECIPE_KEY, unet_sha256
+from analysis.store.weights import unet_sha256
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -260,7 +265,7 @@ def recipe_record(trainer: EsdTrainer, base_sha256: str) -> dict[str, Any]:
     import analysis
 
     s, prov = trainer.settings, trainer.model.provenance
-    base = {k: prov[k] for k in ("kind", "id", "path", "revision", "sha256") if prov.get(k)}
+    base = base_source(prov)
     return {
         "method_family": "esd",
         "concept": s.concept,
@@ -297,21 +302,6 @@ def checkpoint_path(out: Path) -> Path:
     return out.with_name(out.stem + ".resume.pt")
 
 
-def _atomic(path: Path, write: Callable[[str], None]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _fingerprint(record: dict[str, Any]) -> dict[str, Any]:
-    """The parts of a record a resume must match (versions and device may differ)."""
-    skip = {"toolkit_version", "torch_version", "diffusers_version", "device"}
-    return {k: v for k, v in record.items() if k not in skip}
-
-
 def _load_checkpoint(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
     if not path.exists():
         return None
@@ -333,60 +323,6 @@ def _load_checkpoint(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any] 
     return state
 
 
-def check_output(out: Path, inputs: Iterable[str | Path | None] = ()) -> Path:
-    """Refuse an --out that training could not write or must not replace, before training.
-
-    It must be a .safetensors file path whose folder exists or can be created and is writable
-    (probed with a temporary file, since root passes `os.access`), and never an input of the
-    command: the base model's file, or a path inside its folder.
-    """
-    out = Path(out)
-    if out.suffix != ".safetensors":
-        raise AuditError(f"--out {out} must end in .safetensors")
-    if out.is_dir():
-        raise AuditError(f"--out {out} is a directory; give a file name ending in .safetensors")
-    folder = out.parent.absolute()
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise AuditError(f"--out {out}: {folder} is a file, so the folder cannot be created")
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise AuditError(f"--out {out}: folder {folder} is not writable ({exc.strerror})") from None
-    target = out.resolve()
-    for given in inputs:
-        if not given or not Path(given).exists():
-            continue
-        source = Path(given).resolve()
-        if target == source or (source.is_dir() and target.is_relative_to(source)):
-            raise AuditError(f"--out {out} is an input of this command ({given}); choose another")
-    return out
-
-
-def check_finished(out: Path, record: dict[str, Any]) -> bool:
-    """True when `out` is already the finished result of this recipe (skip it); False when it
-    does not exist. A finished artefact is replaced only by its own recipe, so any other file
-    there is refused, naming the first recorded key that differs."""
-    from analysis.store.weights import read_recipe
-
-    if not out.exists():
-        return False
-    theirs = read_recipe(out)
-    if theirs is None:
-        raise AuditError(f"--out {out} exists and is not an ESD file; refusing to replace it")
-    ours, there = _fingerprint(record), _fingerprint(theirs)
-    for key in [*ours, *(k for k in there if k not in ours)]:
-        if ours.get(key) != there.get(key):
-            raise AuditError(
-                f"--out {out} is a finished ESD file of another recipe: {key} is "
-                f"{there.get(key)!r:.60} there, {ours.get(key)!r:.60} now; "
-                "choose another --out or delete it"
-            )
-    return True
-
-
 def train_esd(
     model: LoadedModel,
     settings: EsdSettings,
@@ -403,15 +339,13 @@ def train_esd(
     already this recipe's finished file is kept (returned with `skipped`); nothing is created
     before every check has passed.
     """
-    from safetensors.torch import save
-
     prov = model.provenance
     out = check_output(out, [prov.get("path"), (prov.get("unet") or {}).get("path")])
     trainer = EsdTrainer(model, settings)
     record = recipe_record(trainer, unet_sha256(model.unet))
     if check_finished(out, record):
         return {**record, "skipped": True, "resumed_from": None, "final_loss": None}
-    fingerprint = _fingerprint(record)
+    fingerprint = record_fingerprint(record)
     ckpt = checkpoint_path(out)
     start, losses = 0, []
     state = _load_checkpoint(ckpt, fingerprint) if resume else None
@@ -431,7 +365,7 @@ def train_esd(
                 done = i + 1
                 if done % settings.checkpoint_every == 0 and done < trainer.iterations:
                     blob = {"fingerprint": fingerprint, **trainer.state(done, losses)}
-                    _atomic(ckpt, lambda p, b=blob: torch.save(b, p))
+                    atomic_write(ckpt, lambda p, b=blob: torch.save(b, p))
                     saved = done
                 advance(loss)
     except KeyboardInterrupt:
@@ -450,28 +384,12 @@ def train_esd(
             f"ESD training diverged: {bad} is not finite after iteration {trainer.iterations - 1} "
             f"(--lr {trainer.lr}); nothing was written to {out}, try a lower --lr"
         )
-    meta = {"format": "pt", RECIPE_KEY: json.dumps(record, sort_keys=True)}
-    data = _stable_header(save(tensors, metadata=meta))
-    _atomic(out, lambda p: Path(p).write_bytes(data))
+    write_weights(out, tensors, record)
     ckpt.unlink(missing_ok=True)
     final = losses[-1] if losses else None
     record = {**record, "skipped": False, "resumed_from": start, "final_loss": final}
     record["seconds"] = round(time.perf_counter() - started, 3)
     return record
-
-
-def _stable_header(data: bytes) -> bytes:
-    """safetensors bytes with the JSON header's keys sorted, so the file is byte-identical.
-
-    safetensors writes its metadata map in hash order, which varies between calls; the audit
-    identifies `--unet` weights by the file's sha256, so equal tensors must give equal bytes.
-    """
-    size = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8 : 8 + size])
-    text = json.dumps(header, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
-    if len(text) > size:  # cannot happen for serde's compact JSON; keep the original then
-        return data
-    return data[:8] + text.ljust(size) + data[8 + size :]
 
 
 @contextlib.contextmanager

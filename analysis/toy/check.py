@@ -436,15 +436,23 @@ def guardrail_rows(arms: dict[str, tuple[Path, str]], base: tuple[Path, str]) ->
 
 
 def _reproduced(method: str, trained: Path, shipped: Path) -> dict[str, Any]:
-    """The shipped ESD file (the demo's) is what the recipe trains, byte for byte."""
-    import hashlib
+    """The shipped ESD file (the demo's) is what the recipe trains: every tensor equal and the
+    same recipe (versions, device and install path aside: they change no weight)."""
+    import torch
+    from safetensors.torch import load_file
 
-    ours, theirs = (hashlib.sha256(p.read_bytes()).hexdigest() for p in (trained, shipped))
+    from analysis.erase.output import record_fingerprint
+    from analysis.store.weights import read_recipe
+
+    ours, theirs = load_file(str(trained)), load_file(str(shipped))
+    equal = ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    recipes = [read_recipe(p) or {} for p in (trained, shipped)]
+    same = record_fingerprint(recipes[0]) == record_fingerprint(recipes[1])
     return _row(
-        f"reproducibility: {method} trained here equals the shipped {shipped.name} (sha256)",
-        "equal",
-        f"{ours[:12]} vs {theirs[:12]}",
-        ours == theirs,
+        f"reproducibility: {method} trained here equals the shipped {shipped.name}",
+        "every tensor equal, same recipe",
+        f"tensors {'equal' if equal else 'DIFFER'}, recipe {'same' if same else 'DIFFERS'}",
+        equal and same,
     )
 
 
