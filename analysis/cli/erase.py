@@ -1,4 +1,5 @@
-"""CLI: `erase esd` (train an ESD concept-erased UNet that `--unet` loads over its base)."""
+"""CLI: `erase esd` (train an ESD concept-erased UNet) and `erase uce` (UCE's closed-form edit):
+each writes the changed UNet tensors, which `--unet` loads over their base."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from analysis.errors import AuditError
 
 console = Console()
 erase_app = typer.Typer(
-    help="Erase a concept from a model's UNet (ESD).", no_args_is_help=True, rich_markup_mode=None
+    help="Erase concepts from a model's UNet (ESD, UCE).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
 
@@ -93,4 +96,84 @@ def esd(
         f"wrote {out}: {record['trained_tensors']} tensors ({record['method']}, recipe "
         f"{record['recipe']}, {record['iterations']} it, lr {record['lr']}, eta "
         f"{record['negative_guidance']}); final loss {record['final_loss']:.4g}"
+    )
+
+
+@erase_app.command("uce")
+def uce(
+    model: str = typer.Option(
+        "tiny", "--model", help="'tiny', a hub id, a diffusers folder or a checkpoint file."
+    ),
+    concept: list[str] = typer.Option(
+        None, "--concept", help="A concept to erase, e.g. 'nudity' (repeatable)."
+    ),
+    concepts_file: Path = typer.Option(
+        None, "--concepts-file", help="More concepts to erase: .txt (one a line) or .csv."
+    ),
+    guided_concept: list[str] = typer.Option(
+        None,
+        "--guided-concept",
+        help="Target each concept is mapped to: one for all, or one per --concept "
+        "(default: the empty prompt).",
+    ),
+    preserve: list[str] = typer.Option(
+        None, "--preserve", help="A concept to keep as it is (repeatable)."
+    ),
+    preserve_file: Path = typer.Option(
+        None, "--preserve-file", help="More concepts to keep: .txt (one a line) or .csv."
+    ),
+    erase_scale: float = typer.Option(1.0, "--erase-scale", help="Weight of the erase terms."),
+    preserve_scale: float = typer.Option(
+        1.0, "--preserve-scale", help="Weight of the preserve terms."
+    ),
+    lamb: float = typer.Option(0.5, "--lamb", help="Pull towards the original weights (> 0)."),
+    expand_prompts: str = typer.Option(
+        "none",
+        "--expand-prompts",
+        help="none, art ('painting by C', ...) or object ('image of C', ...), as the script's "
+        "--expand_prompts with its --concept_type.",
+    ),
+    out: Path = typer.Option(..., "--out", help="Output .safetensors (edited tensors only)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1 ..."),
+    revision: str = typer.Option(None, "--revision", help="Hub revision of --model."),
+) -> None:
+    """Erase concepts with UCE (Gandikota et al. 2024): a closed-form edit of the cross-attention
+    key/value projections; saves the edited tensors with their recipe."""
+    from pydantic import ValidationError
+
+    from analysis.erase.output import check_output
+    from analysis.erase.recipes import settings_error
+    from analysis.erase.uce import UceSettings, erase_uce, read_concepts
+    from analysis.generation.models import load_model
+
+    concepts = list(concept or [])
+    if concepts_file is not None:
+        concepts += read_concepts(concepts_file, "--concepts-file")
+    keep = list(preserve or [])
+    if preserve_file is not None:
+        keep += read_concepts(preserve_file, "--preserve-file")
+    try:
+        settings = UceSettings(
+            concept=concepts,
+            guided_concept=list(guided_concept or []),
+            preserve=keep,
+            erase_scale=erase_scale,
+            preserve_scale=preserve_scale,
+            lamb=lamb,
+            expand_prompts=expand_prompts,
+        )
+    except ValidationError as exc:
+        raise AuditError(f"erase uce: {settings_error(exc)}") from None
+    inputs = [model, concepts_file, preserve_file]
+    check_output(out, inputs)  # again in erase_uce, with the loaded model's own paths
+    loaded = load_model(model, device=device, dtype="float32", revision=revision)
+    record = erase_uce(loaded, settings, out)
+    if record["skipped"]:
+        console.print(f"{out} is already done (same recipe and base); skipped")
+        return
+    console.print(
+        f"wrote {out}: {record['edited_tensors']} tensors ({record['edited_params']}) erasing "
+        f"{record['erased_prompts']} prompts, preserving {len(record['preserve'])} (lamb "
+        f"{record['lamb']}, erase scale {record['erase_scale']}, preserve scale "
+        f"{record['preserve_scale']}) in {record['seconds']} s"
     )
