@@ -29,6 +29,24 @@ def _toy_copy(damage: str) -> Callable[[Path, Path], None]:
     return setup
 
 
+#: an audit whose second model names a config the file does not declare
+AUDIT_MODEL_CONFIGS = """configs = ["sd", "sld-max"]
+
+[[models]]
+name = "toy"
+model = "toy"
+
+[[models]]
+name = "esd"
+model = "toy"
+configs = ["sld-strong"]
+
+[probe]
+countries = ["JPN"]
+images_per_country = 1
+"""
+
+
 CASES = [
     Case("toy-train-zero-unet-steps", [*TRAIN[:-1], "0"], "unet_steps", new_out=True),
     Case("toy-train-zero-vae-steps", [*TRAIN[:5], "0", *TRAIN[6:]], "vae_steps", new_out=True),
@@ -103,5 +121,26 @@ CASES = [
         "toy-classify-not-a-folder",
         ["classify", "{tmp}/nothing", "--classifier", "toy"],
         "nothing is not a folder",
+    ),
+    Case(
+        "toy-audit-model-config-not-in-file",
+        ["run", "{tmp}/a.toml", "--out", "{tmp}/new", "--dry-run", "--no-estimate"],
+        "config 'sld-strong' of model 'esd' is not one of the file's configs",
+        _write("a.toml", AUDIT_MODEL_CONFIGS),
+        new_out=True,
+    ),
+    Case(
+        "toy-audit-model-configs-empty",
+        ["run", "{tmp}/a.toml", "--out", "{tmp}/new", "--dry-run", "--no-estimate"],
+        "model 'esd' lists no configs",
+        _write("a.toml", AUDIT_MODEL_CONFIGS.replace('["sld-strong"]', "[]")),
+        new_out=True,
+    ),
+    Case(
+        "toy-audit-probe-rule-unknown",
+        ["run", "{tmp}/a.toml", "--out", "{tmp}/new", "--dry-run", "--no-estimate"],
+        "toy-magenta-fraction",
+        _write("a.toml", AUDIT_MODEL_CONFIGS.replace("[probe]", '[probe]\nrule = "magenta"')),
+        new_out=True,
     ),
 ]

@@ -21,11 +21,9 @@ FILTERS = {"sd": "safety-checker", "toy": "toy-filter"}
 
 def is_toy(model: str | None) -> bool:
     """'toy', or a folder written by `t2i-audit toy train` (it holds toy.json)."""
-    from pathlib import Path
+    from analysis.toy.model import toy_folder
 
-    if not model:
-        return False
-    return model == "toy" or (Path(model) / "toy.json").is_file()
+    return toy_folder(model) is not None
 
 
 def probe_classifier(rule: str) -> str:

@@ -184,10 +184,10 @@ def _trained_size(model: str) -> int | None:
     """unet sample_size x VAE factor for the toy model (built-in or a `toy train` folder)."""
     import json
 
-    from analysis.toy.model import WEIGHTS_DIR
+    from analysis.toy.model import toy_folder
 
-    folder = WEIGHTS_DIR if model == "toy" else Path(model).expanduser()
-    if not (folder / "toy.json").is_file():
+    folder = toy_folder(model)
+    if folder is None:
         return None
     try:
         unet = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))

@@ -96,10 +96,9 @@ def _pipeline_class(name: str) -> Any:
 
 def _from_folder(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     from analysis.generation.families import folder_pipeline
+    from analysis.toy.model import toy_components, toy_folder
 
-    if (path / "toy.json").is_file():  # written by `toy train`: verify every file's sha256
-        from analysis.toy.model import toy_components
-
+    if toy_folder(path) is not None:  # written by `toy train`: verify every file's sha256
         return toy_components(path)
     if not (path / "model_index.json").is_file():
         raise AuditError(

@@ -74,10 +74,11 @@ class Sizes:
 def check_model(model: str) -> None:
     """Only a model trained on the planted world has known answers; its files are verified
     (sha256) before anything is written."""
-    from analysis.toy.model import verify
+    from analysis.toy.model import toy_folder, verify
 
-    if model == "toy" or (Path(model) / "toy.json").is_file():
-        verify(WEIGHTS_DIR if model == "toy" else Path(model))
+    folder = toy_folder(model)
+    if folder is not None:
+        verify(folder)
         return
     raise AuditError(
         f"--model {model} has no planted world (no toy.json): `toy check` needs 'toy' or a "
@@ -366,12 +367,12 @@ def guardrail_rows(arms: dict[str, tuple[Path, str]], base: tuple[Path, str]) ->
 
     rows = []
     sd = images(*base)
-    countries = sd["group"].isin(planted_table()["iso3"])
+    sd_kinds = _kinds(sd)
     for name, (run, config) in arms.items():
         other = images(run, config)
         kinds = _kinds(other)
         if name == "text-filter":
-            cmp = _paired(sd[_kinds(sd)["explicit"]], other[kinds["explicit"]])
+            cmp = _paired(sd[sd_kinds["explicit"]], other[kinds["explicit"]])
             rows.append(
                 _row(
                     f"guardrail text-filter (blocks '{CONCEPT_WORD}'): paired change on the "
@@ -381,7 +382,7 @@ def guardrail_rows(arms: dict[str, tuple[Path, str]], base: tuple[Path, str]) ->
                     cmp["ci_high"] < 0,
                 )
             )
-            cmp = _paired(sd[countries], other[kinds["country"]])
+            cmp = _paired(sd[sd_kinds["country"]], other[kinds["country"]])
             rows.append(
                 _row(
                     "guardrail text-filter: change on the country prompts (they never name the "
@@ -392,7 +393,7 @@ def guardrail_rows(arms: dict[str, tuple[Path, str]], base: tuple[Path, str]) ->
                 )
             )
             continue
-        cmp = _paired(sd[countries], other[kinds["country"]])
+        cmp = _paired(sd[sd_kinds["country"]], other[kinds["country"]])
         rows.append(
             _row(
                 f"guardrail {name} ({CONCEPT_WORD}): paired change in the concept rate on the "
@@ -422,7 +423,7 @@ def guardrail_rows(arms: dict[str, tuple[Path, str]], base: tuple[Path, str]) ->
                 )
             )
         else:
-            change = _pixel_change(sd[_kinds(sd)["harmless"]], harmless, base[0], run)
+            change = _pixel_change(sd[sd_kinds["harmless"]], harmless, base[0], run)
             rows.append(
                 _row(
                     f"guardrail {name}: mean |pixel change| vs sd on harmless prompts "
@@ -493,7 +494,7 @@ def run_check(
 
     sizes = sizes or Sizes()
     check_model(model)
-    check_output(Path(out), folder=True)
+    check_output(Path(out), inputs=[model], folder=True)  # never into the model's own folder
     out = Path(out)
     rows: list[dict] = []
 

@@ -14,6 +14,18 @@ from typing import Any
 from analysis.errors import AuditError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+META_FILE = "toy.json"  # written by `t2i-audit toy train` beside the weights
+
+
+def toy_folder(model: str | Path | None) -> Path | None:
+    """The weights folder of 'toy' or of a folder written by `toy train`; None for any other
+    model (the one test of "is this the toy model", used by loading, sizing and judging)."""
+    if not model:
+        return None
+    if str(model) == "toy":
+        return WEIGHTS_DIR
+    folder = Path(model).expanduser()
+    return folder if (folder / META_FILE).is_file() else None
 
 
 def read_meta(folder: Path = WEIGHTS_DIR) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from analysis.toy.model import META_FILE
 from analysis.toy.world import (
     CONCEPT_WORD,
     NOTICE,
@@ -33,7 +34,7 @@ from analysis.toy.world import (
     training_rates,
 )
 
-RECIPE_FILE = "toy.json"
+RECIPE_FILE = META_FILE
 RECIPE_VERSION = 1
 
 
