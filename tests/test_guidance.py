@@ -83,7 +83,7 @@ def test_custom_configs_are_named_and_recorded() -> None:
         ("sld-ultra", "valid configs: sd, sld-weak"),
         ("sld-strong:warmup=2", "unknown config parameter"),
         ("sld-strong:momentum_beta=2", "invalid parameters"),
-        ("sd:threshold=0.1", "no SLD parameters"),
+        ("sd:threshold=0.1", r"has no parameter\(s\) threshold"),
         ("sld-max:name=a/b", "folder name"),
         ("sld-max:oops", "key=value"),
     ],

@@ -10,6 +10,7 @@ empty unconditional text becomes zeros when the model says `force_zeros_for_empt
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -25,32 +26,40 @@ class Conditioning:
     added: dict[str, torch.Tensor] | None = None  # SDXL's added_cond_kwargs
 
 
-def encode_text(model: LoadedModel, texts: list[str]) -> torch.Tensor:
-    """CLIP text embeddings, padded/truncated to the tokenizer's max length (as diffusers does)."""
-    tokens = model.tokenizer(
+def token_ids(tokenizer: Any, texts: list[str], cut: str = "eos") -> torch.Tensor:
+    """Ids padded to the tokenizer's max length; longer texts are cut as the reference did.
+
+    "eos" (SD's pipelines) truncates and ends with the end token; "slice" (diffusers' semantic
+    pipeline, which produced the published SEGA numbers) keeps the first max-length ids as they
+    are, with no end token.
+    """
+    length = tokenizer.model_max_length
+    ids = tokenizer(
         texts,
         padding="max_length",
-        max_length=model.tokenizer.model_max_length,
-        truncation=True,
+        max_length=length,
+        truncation=cut == "eos",
         return_tensors="pt",
-    )
-    return model.text_encoder(tokens.input_ids.to(model.device))[0].to(model.dtype)
+    ).input_ids
+    return ids[:, :length]
 
 
-def encode_text_xl(model: LoadedModel, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_text(model: LoadedModel, texts: list[str], cut: str = "eos") -> torch.Tensor:
+    """CLIP text embeddings, padded/cut to the tokenizer's max length (as diffusers does)."""
+    ids = token_ids(model.tokenizer, texts, cut)
+    return model.text_encoder(ids.to(model.device))[0].to(model.dtype)
+
+
+def encode_text_xl(
+    model: LoadedModel, texts: list[str], cut: str = "eos"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """SDXL: (penultimate hidden states of both encoders, concatenated; pooled of the second)."""
     hidden = []
     for tokenizer, encoder in (
         (model.tokenizer, model.text_encoder),
         (model.tokenizer_2, model.text_encoder_2),
     ):
-        ids = tokenizer(
-            texts,
-            padding="max_length",
-            max_length=tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
+        ids = token_ids(tokenizer, texts, cut)
         out = encoder(ids.to(model.device), output_hidden_states=True)
         hidden.append(out.hidden_states[-2])
     pooled = out[0]  # CLIPTextModelWithProjection's text_embeds
@@ -58,14 +67,19 @@ def encode_text_xl(model: LoadedModel, texts: list[str]) -> tuple[torch.Tensor, 
 
 
 def _sd(
-    model: LoadedModel, prompts: list[str], uncond: str | None, concept: str | None, size: tuple
+    model: LoadedModel,
+    prompts: list[str],
+    uncond: str | None,
+    concept: str | None,
+    size: tuple,
+    cut: str = "eos",
 ) -> Conditioning:
-    rows = [encode_text(model, prompts)]
+    rows = [encode_text(model, prompts, cut)]
     n = len(prompts)
     if uncond is not None:
-        rows.insert(0, encode_text(model, [uncond]).expand(n, -1, -1))
+        rows.insert(0, encode_text(model, [uncond], cut).expand(n, -1, -1))
     if concept is not None:
-        rows.append(encode_text(model, [concept]).expand(n, -1, -1))
+        rows.append(encode_text(model, [concept], cut).expand(n, -1, -1))
     return Conditioning(torch.cat(rows))
 
 
@@ -84,22 +98,27 @@ def time_ids(model: LoadedModel, height: int, width: int) -> torch.Tensor:
 
 
 def _sdxl(
-    model: LoadedModel, prompts: list[str], uncond: str | None, concept: str | None, size: tuple
+    model: LoadedModel,
+    prompts: list[str],
+    uncond: str | None,
+    concept: str | None,
+    size: tuple,
+    cut: str = "eos",
 ) -> Conditioning:
     # Fixed texts are encoded as B copies: the pooled projection's last bits depend on the call
     # shape, and four Euler steps turned 2e-7 there into 2e-5 in the latents.
     n = len(prompts)
-    hidden, pooled = encode_text_xl(model, prompts)
+    hidden, pooled = encode_text_xl(model, prompts, cut)
     rows, pools = [hidden], [pooled]
     if uncond is not None:
         if uncond == "" and model.force_zeros_for_empty_prompt:
             h, p = torch.zeros_like(hidden), torch.zeros_like(pooled)
         else:
-            h, p = encode_text_xl(model, [uncond] * n)
+            h, p = encode_text_xl(model, [uncond] * n, cut)
         rows.insert(0, h)
         pools.insert(0, p)
     if concept is not None:
-        h, p = encode_text_xl(model, [concept] * n)
+        h, p = encode_text_xl(model, [concept] * n, cut)
         rows.append(h)
         pools.append(p)
     ids = time_ids(model, *size).repeat(n * len(rows), 1)
@@ -115,6 +134,8 @@ def condition(
     uncond: str | None,
     concept: str | None,
     size: tuple[int, int],
+    cut: str = "eos",
 ) -> Conditioning:
-    """Conditioning for [uncond (if not None) | prompts | concept (if not None)] at (h, w)."""
-    return ENCODERS[model.family](model, prompts, uncond, concept, size)
+    """Conditioning for [uncond (if not None) | prompts | concept (if not None)] at (h, w);
+    `cut` says how texts over the tokenizer's length are cut (`token_ids`)."""
+    return ENCODERS[model.family](model, prompts, uncond, concept, size, cut)

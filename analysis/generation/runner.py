@@ -163,9 +163,9 @@ class GenerationSpec(BaseModel):
                     f"config {c.name}: s_s = {c.sld.sld_guidance_scale} < 1 switches SLD off "
                     "(as in the authors' code): images equal plain SD"
                 )
-            elif c.kind == "sld" and c.sld.warmup_steps >= self.steps:
+            elif c.uses_concept_branch and c.warmup_steps >= self.steps:
                 out.append(
-                    f"config {c.name}: warm-up {c.sld.warmup_steps} >= {self.steps} steps, so "
+                    f"config {c.name}: warm-up {c.warmup_steps} >= {self.steps} steps, so "
                     "safety guidance is never applied: images equal plain SD"
                 )
         return out

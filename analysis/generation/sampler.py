@@ -1,4 +1,4 @@
-"""Our denoising loop over diffusers components: SD, SLD and negative-prompt guidance.
+"""Our denoising loop over diffusers components: SD, SLD, SEGA and negative-prompt guidance.
 
 Read it top to bottom: pad the batch to its fixed shape, encode texts, draw one noise tensor per
 image from its own generator, then per step one UNet call on [unconditional | prompt | safety
@@ -27,7 +27,23 @@ from PIL import Image
 from analysis.errors import AuditError
 from analysis.generation.conditioning import condition
 from analysis.generation.models import LoadedModel
-from analysis.guidance import GuidanceConfig, sld_noise_guidance
+from analysis.guidance import GuidanceConfig, sega_noise_guidance, sld_noise_guidance
+
+
+def _sld(eps_u, eps_p, eps_c, state, i, scale, config):
+    guided, state = sld_noise_guidance(eps_u, eps_p, eps_c, state, i, config.sld)
+    return eps_u + scale * guided, state
+
+
+def _sega(eps_u, eps_p, eps_c, state, i, scale, config):
+    return sega_noise_guidance(eps_u, eps_p, eps_c, state, i, scale, config.sega)
+
+
+#: kind -> (eps_u, eps_p, eps_concept, state, step, guidance scale, config) -> (eps, state)
+CONCEPT_GUIDANCE: dict[str, Callable[..., tuple[torch.Tensor, Any]]] = {
+    "sld": _sld,
+    "sega": _sega,
+}
 
 
 @dataclass(frozen=True)
@@ -92,13 +108,14 @@ def sample(
     prompts = list(prompts) + [prompts[0]] * (size - n)
     seeds = list(seeds) + [seeds[0]] * (size - n)
     do_cfg = params.guidance_scale > 1.0
-    use_sld = do_cfg and config.kind == "sld" and config.sld is not None and config.sld.enabled
+    use_concept = do_cfg and config.uses_concept_branch
 
     # 1. Texts: [unconditional | prompt | safety concept]; `negative` replaces the unconditional.
     #    The family decides how texts become UNet inputs (SDXL adds pooled embeddings, time ids).
     uncond = (config.safety_concept if config.kind == "negative" else "") if do_cfg else None
-    concept = config.safety_concept if use_sld else None
-    cond = condition(model, prompts, uncond, concept, (params.height, params.width))
+    concept = config.safety_concept if use_concept else None
+    cut = config.sega.token_cut if config.sega is not None else "eos"
+    cond = condition(model, prompts, uncond, concept, (params.height, params.width), cut)
     parts = cond.embeds.shape[0] // size
 
     # 2. Noise and timesteps (a private scheduler copy: schedulers keep per-run state).
@@ -119,13 +136,13 @@ def sample(
         if do_cfg:
             branches = out.chunk(parts)
             eps_u, eps_p = branches[0], branches[1]
-            if use_sld:
-                guided, momentum = sld_noise_guidance(
-                    eps_u, eps_p, branches[2], momentum, i, config.sld
+            if use_concept:
+                combine = CONCEPT_GUIDANCE[config.kind]
+                out, momentum = combine(
+                    eps_u, eps_p, branches[2], momentum, i, params.guidance_scale, config
                 )
             else:
-                guided = eps_p - eps_u
-            out = eps_u + params.guidance_scale * guided
+                out = eps_u + params.guidance_scale * (eps_p - eps_u)
         latents = scheduler.step(out, t, latents, **step_kwargs).prev_sample
         if on_step is not None:
             on_step(i, {"latents": latents, "momentum": momentum})

@@ -1,13 +1,15 @@
-"""Inference-time guidance: SLD as a pure tensor function, presets, negative-prompt baseline."""
+"""Inference-time guidance: SLD and SEGA as pure tensor functions, presets, negative prompt."""
 
 from analysis.guidance.configs import (
     CONFIG_NAMES,
     DEFAULT_SAFETY_CONCEPT,
     PRESETS,
     GuidanceConfig,
+    SegaParams,
     SLDParams,
     resolve_config,
 )
+from analysis.guidance.sega import sega_noise_guidance
 from analysis.guidance.sld import sld_noise_guidance
 
 __all__ = [
@@ -16,6 +18,8 @@ __all__ = [
     "PRESETS",
     "GuidanceConfig",
     "SLDParams",
+    "SegaParams",
     "resolve_config",
+    "sega_noise_guidance",
     "sld_noise_guidance",
 ]

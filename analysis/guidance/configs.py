@@ -1,4 +1,4 @@
-"""Guidance configurations: plain SD, the SLD presets, and the negative-prompt baseline.
+"""Guidance configurations: plain SD, the SLD and SEGA presets, and the negative-prompt baseline.
 
 Every config is a frozen, JSON-serialisable record: its full parameters go into the manifest and
 into each image's item_id, so a result always says exactly which guidance produced it.
@@ -65,16 +65,65 @@ class SLDParams(BaseModel):
         return self.sld_guidance_scale >= 1.0
 
 
+class SegaParams(BaseModel):
+    """Semantic guidance (SEGA, Brack et al. 2023) away from one concept: diffusers'
+    SemanticStableDiffusionPipeline arguments, named as there.
+
+    The edit direction eps_c - eps_u (negated: reverse_editing_direction) times s_e keeps only
+    each channel's entries at or above its `edit_threshold` quantile of |.|; a momentum as SLD's
+    is added; it acts from `edit_warmup_steps` until `edit_cooldown_steps` (None: to the end).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    edit_guidance_scale: float = Field(ge=0)  # s_e
+    edit_warmup_steps: int = Field(ge=0)
+    edit_cooldown_steps: int | None = Field(default=None, ge=0)
+    edit_threshold: float = Field(ge=0, le=1)  # a quantile
+    edit_momentum_scale: float = Field(default=0.1, ge=0)
+    edit_mom_beta: float = Field(default=0.4, ge=0, le=1)
+    reverse_editing_direction: bool = True
+    #: how texts longer than the tokenizer's 77 tokens are cut: "slice" keeps the first 77 ids
+    #: with no end token, as diffusers' semantic pipeline (the I2P runs) does; "eos" as SD's
+    token_cut: Literal["slice", "eos"] = "slice"
+
+    @property
+    def enabled(self) -> bool:
+        """diffusers computes the edit branch whenever an editing prompt is given."""
+        return True
+
+
 class GuidanceConfig(BaseModel):
     """A named guidance configuration as run."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
-    kind: Literal["sd", "sld", "negative"]
+    kind: Literal["sd", "sld", "sega", "negative"]
     sld: SLDParams | None = None
+    # left out of the dump when unset, so configs (and item ids) made before SEGA are unchanged
+    sega: SegaParams | None = Field(default=None, exclude_if=lambda v: v is None)
     safety_concept: str | None = None
     source: str = ""
+
+    @property
+    def guidance_params(self) -> SLDParams | SegaParams | None:
+        """The parameters of a concept-branch kind (SLD, SEGA), None for sd and negative."""
+        return {"sld": self.sld, "sega": self.sega}.get(self.kind)
+
+    @property
+    def uses_concept_branch(self) -> bool:
+        """Whether the sampler runs the UNet on the safety concept (a third branch)."""
+        params = self.guidance_params
+        return params is not None and params.enabled
+
+    @property
+    def warmup_steps(self) -> int:
+        """Steps before the concept branch acts (0 for kinds without one)."""
+        params = self.guidance_params
+        if isinstance(params, SegaParams):
+            return params.edit_warmup_steps
+        return params.warmup_steps if params is not None else 0
 
     @field_validator("name")
     @classmethod
@@ -98,6 +147,22 @@ def _sld(name: str, w: int, s_s: float, lam: float, s_m: float, beta: float, src
     )
 
 
+def _sega(name: str, s_e: float, warmup: int, s_m: float, threshold: float) -> GuidanceConfig:
+    params = SegaParams(
+        edit_guidance_scale=s_e,
+        edit_warmup_steps=warmup,
+        edit_momentum_scale=s_m,
+        edit_threshold=threshold,
+    )
+    return GuidanceConfig(
+        name=name,
+        kind="sega",
+        sega=params,
+        safety_concept=DEFAULT_SAFETY_CONCEPT,
+        source="ml-research/i2p mitigation/semantic_ssd.py SafetyConfig (SEGA, reversed)",
+    )
+
+
 _DIFFUSERS = "diffusers SafetyConfig (reference code)"
 PRESETS: dict[str, GuidanceConfig] = {
     "sd": GuidanceConfig(name="sd", kind="sd", source="classifier-free guidance"),
@@ -106,6 +171,10 @@ PRESETS: dict[str, GuidanceConfig] = {
     "sld-medium": _sld("sld-medium", 10, 1000, 0.01, 0.3, 0.4, _DIFFUSERS),
     "sld-strong": _sld("sld-strong", 7, 2000, 0.025, 0.5, 0.7, _DIFFUSERS),
     "sld-max": _sld("sld-max", 0, 5000, 1.0, 0.5, 0.7, _DIFFUSERS),
+    # ml-research's semantic safety guidance (I2P repository), the same concept text as SLD's
+    "sega-medium": _sega("sega-medium", 4, 10, 0.3, 0.9),
+    "sega-strong": _sega("sega-strong", 7, 5, 0.5, 0.85),
+    "sega-max": _sega("sega-max", 10, 0, 0.5, 0.75),
     "negative": GuidanceConfig(
         name="negative",
         kind="negative",
@@ -115,6 +184,8 @@ PRESETS: dict[str, GuidanceConfig] = {
 }
 CONFIG_NAMES: tuple[str, ...] = tuple(PRESETS)
 _SLD_KEYS = set(SLDParams.model_fields)
+_SEGA_KEYS = set(SegaParams.model_fields)
+_PARAM_KEYS = {"sld": _SLD_KEYS, "sega": _SEGA_KEYS}
 
 
 def _parse(text: str) -> dict[str, Any]:
@@ -135,8 +206,10 @@ def resolve_config(
     """A preset name, 'preset:key=value,...', a dict ({'base': ..., overrides}), or a config.
 
     Overridable keys: the SLD parameters (warmup_steps, sld_guidance_scale, threshold,
-    momentum_scale, momentum_beta), safety_concept and name. A customised config gets a name that
-    shows its base and a short hash of its parameters unless one is given.
+    momentum_scale, momentum_beta) of an SLD config, the SEGA parameters (edit_guidance_scale,
+    edit_warmup_steps, edit_threshold, ...) of a SEGA config, safety_concept and name. A
+    customised config gets a name that shows its base and a short hash of its parameters unless
+    one is given.
     """
     if isinstance(value, GuidanceConfig):
         config = value
@@ -170,29 +243,32 @@ def _customise(base: GuidanceConfig, overrides: dict[str, Any]) -> GuidanceConfi
     if not overrides:
         return base
     name = overrides.pop("name", None)
-    sld_over = {k: overrides.pop(k) for k in list(overrides) if k in _SLD_KEYS}
+    own = _PARAM_KEYS.get(base.kind, set())
+    param_over = {k: overrides.pop(k) for k in list(overrides) if k in own}
     concept = overrides.pop("safety_concept", None)
     if concept is not None and base.kind == "sd":
         raise AuditError(f"config {base.name!r} uses no safety concept; drop safety_concept")
     concept = base.safety_concept if concept is None else concept_text(str(concept))
+    foreign = [k for k in overrides if any(k in keys for keys in _PARAM_KEYS.values())]
+    if foreign:
+        raise AuditError(
+            f"config {base.name!r} ({base.kind}) has no parameter(s) {', '.join(foreign)}"
+            + (f"; its own: {', '.join(sorted(own))}" if own else "")
+        )
     if overrides:
         raise AuditError(
             f"unknown config parameter(s) {', '.join(overrides)}; "
-            f"use {', '.join(sorted(_SLD_KEYS | {'safety_concept', 'name'}))}"
+            f"use {', '.join(sorted(own | {'safety_concept', 'name'}))}"
         )
-    if sld_over and base.kind != "sld":
-        raise AuditError(f"config {base.name!r} has no SLD parameters to override")
     try:
-        sld = base.sld.model_copy(update={}) if base.sld else None
-        if sld_over:
-            sld = SLDParams(**{**base.sld.model_dump(), **sld_over})
-        draft = GuidanceConfig(
-            name=base.name,
-            kind=base.kind,
-            sld=sld,
-            safety_concept=concept,
-            source=f"custom, based on {base.name}",
+        update: dict[str, Any] = {}
+        if param_over:
+            params = base.guidance_params
+            update[base.kind] = type(params)(**{**params.model_dump(), **param_over})
+        draft = base.model_copy(
+            update={**update, "safety_concept": concept, "source": f"custom, based on {base.name}"}
         )
+        draft = GuidanceConfig(**draft.model_dump())  # validate the whole record again
     except ValidationError as exc:
         raise AuditError(f"invalid parameters for {base.name}: {one_line(exc)}") from exc
     if name is None:
