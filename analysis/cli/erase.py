@@ -1,5 +1,6 @@
-"""CLI: `erase esd` (train an ESD concept-erased UNet) and `erase uce` (UCE's closed-form edit):
-each writes the changed UNet tensors, which `--unet` loads over their base."""
+"""CLI: `erase esd` (train an ESD concept-erased UNet), `erase uce` (UCE's closed-form edit) and
+`erase rece` (UCE plus adversarial rounds): each writes the changed UNet tensors, which
+`--unet` loads over their base."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from analysis.errors import AuditError
 
 console = Console()
 erase_app = typer.Typer(
-    help="Erase concepts from a model's UNet (ESD, UCE).",
+    help="Erase concepts from a model's UNet (ESD, UCE, RECE).",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
@@ -176,4 +177,100 @@ def uce(
         f"{record['erased_prompts']} prompts, preserving {len(record['preserve'])} (lamb "
         f"{record['lamb']}, erase scale {record['erase_scale']}, preserve scale "
         f"{record['preserve_scale']}) in {record['seconds']} s"
+    )
+
+
+@erase_app.command("rece")
+def rece(
+    model: str = typer.Option(
+        "tiny", "--model", help="'tiny', a hub id, a diffusers folder or a checkpoint file."
+    ),
+    concept: list[str] = typer.Option(
+        None, "--concept", help="A concept to erase, e.g. 'nudity' (repeatable)."
+    ),
+    concepts_file: Path = typer.Option(
+        None, "--concepts-file", help="More concepts to erase: .txt (one a line) or .csv."
+    ),
+    guided_concept: list[str] = typer.Option(
+        None,
+        "--guided-concept",
+        help="Target each concept is mapped to: one for all, or one per --concept "
+        "(default: the empty prompt).",
+    ),
+    preserve: list[str] = typer.Option(
+        None, "--preserve", help="A concept to keep as it is (repeatable)."
+    ),
+    preserve_file: Path = typer.Option(
+        None, "--preserve-file", help="More concepts to keep: .txt (one a line) or .csv."
+    ),
+    erase_scale: float = typer.Option(1.0, "--erase-scale", help="Weight of the erase terms."),
+    preserve_scale: float = typer.Option(
+        0.1, "--preserve-scale", help="Weight of the preserve terms (train.py: 0.1)."
+    ),
+    lamb: float = typer.Option(
+        0.1, "--lamb", help="Pull towards the current weights (> 0; train.py: 0.1)."
+    ),
+    expand_prompts: str = typer.Option(
+        "none",
+        "--expand-prompts",
+        help="none, art or object: expands the concepts of the first (UCE) step only.",
+    ),
+    epochs: int = typer.Option(3, "--epochs", help="Adversarial rounds after UCE (train.py: 3)."),
+    regular_scale: float = typer.Option(
+        0.1,
+        "--regular-scale",
+        help="Ridge weight of the closed-form adversarial embedding (> 0; train.py: 0.1).",
+    ),
+    technique: str = typer.Option(
+        "replace",
+        "--technique",
+        help="replace (map to the target's output) or tensor (minus its part along the "
+        "concept's), as train.py's --technique.",
+    ),
+    out: Path = typer.Option(..., "--out", help="Output .safetensors (edited tensors only)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1 ..."),
+    revision: str = typer.Option(None, "--revision", help="Hub revision of --model."),
+) -> None:
+    """Erase concepts with RECE (Gong et al. 2024): UCE, then closed-form adversarial
+    embeddings of each concept erased in turn; saves the edited tensors with their recipe."""
+    from pydantic import ValidationError
+
+    from analysis.erase.output import check_output
+    from analysis.erase.rece import ReceSettings, train_rece
+    from analysis.erase.recipes import settings_error
+    from analysis.erase.uce import read_concepts
+    from analysis.generation.models import load_model
+
+    concepts = list(concept or [])
+    if concepts_file is not None:
+        concepts += read_concepts(concepts_file, "--concepts-file")
+    keep = list(preserve or [])
+    if preserve_file is not None:
+        keep += read_concepts(preserve_file, "--preserve-file")
+    try:
+        settings = ReceSettings(
+            concept=concepts,
+            guided_concept=list(guided_concept or []),
+            preserve=keep,
+            erase_scale=erase_scale,
+            preserve_scale=preserve_scale,
+            lamb=lamb,
+            expand_prompts=expand_prompts,
+            epochs=epochs,
+            regular_scale=regular_scale,
+            technique=technique,
+        )
+    except ValidationError as exc:
+        raise AuditError(f"erase rece: {settings_error(exc)}") from None
+    check_output(out, [model, concepts_file, preserve_file])  # again with the model's own paths
+    loaded = load_model(model, device=device, dtype="float32", revision=revision)
+    record = train_rece(loaded, settings, out)
+    if record["skipped"]:
+        console.print(f"{out} is already done (same recipe and base); skipped")
+        return
+    console.print(
+        f"wrote {out}: {record['edited_tensors']} tensors ({record['edited_params']}) after UCE "
+        f"and {record['epochs']} adversarial epochs erasing {len(record['concepts'])} concepts "
+        f"(lamb {record['lamb']}, regular scale {record['regular_scale']}, technique "
+        f"{record['technique']}) in {record['seconds']} s"
     )
