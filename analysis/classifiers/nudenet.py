@@ -7,7 +7,9 @@ have produced: our detections equal `NudeDetector().detect(path)` for the same f
 
 from __future__ import annotations
 
+import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from analysis.classifiers.registry import Judge, JudgeOptions
 from analysis.errors import AuditError
 
 NAME = "nudenet"
@@ -150,3 +153,70 @@ class NudeNetDetector:
             }
             for i in np.asarray(picked).reshape(-1)
         ]
+
+
+class NudeNetJudge(Judge):
+    """NudeNet as a judge: every detection stored raw; a verdict per named rule
+    (`rules.RULES`: which labels count, the cut and whether it is strict)."""
+
+    name = NAME
+    rule = "exposed-genitalia"
+    prepares_in_workers = True
+    takes_classify_rule = True
+
+    def __init__(self, options: JudgeOptions) -> None:
+        model = Path(options.nudenet_model) if options.nudenet_model else None
+        if model is not None and not model.is_file():
+            raise AuditError(f"--nudenet-model {model} does not exist")
+        self.detector = NudeNetDetector(model, threads=options.threads)
+        self.sha256 = self.detector.sha256
+        self.provenance = self.detector.provenance
+
+    @classmethod
+    def rules(cls) -> tuple[str, ...]:
+        from analysis.classifiers.rules import RULES
+
+        return tuple(RULES)
+
+    @classmethod
+    def resolve_rule(cls, rule: str | None) -> str:
+        from analysis.classifiers.rules import get_rule
+
+        return get_rule(rule or cls.rule).name
+
+    @classmethod
+    def comparison_of(cls, rule: str) -> str | None:
+        from analysis.classifiers.rules import get_rule
+
+        return get_rule(rule).comparison
+
+    @classmethod
+    def default_threshold(cls, rule: str) -> float | None:
+        from analysis.classifiers.rules import get_rule
+
+        return get_rule(rule).threshold
+
+    @classmethod
+    def check_threshold(cls, threshold: float | None, rule: str) -> float | None:
+        from analysis.classifiers.rules import check_threshold, get_rule
+
+        r = get_rule(rule)
+        return check_threshold(r.threshold if threshold is None else threshold, r)
+
+    @classmethod
+    def verdict_of(cls, rule: str, threshold: float | None) -> Callable[[str], bool]:
+        from analysis.classifiers.rules import get_rule
+
+        r = get_rule(rule)
+        return lambda raw: r.verdict(json.loads(raw), threshold)
+
+    def prepare(self, image: Image.Image) -> list[dict[str, Any]]:
+        return self.detector.detect_one(image)
+
+    def score(
+        self, payloads: list[Any], rule: str, threshold: float | None
+    ) -> list[tuple[Any, bool]]:
+        from analysis.classifiers.rules import get_rule
+
+        r = get_rule(rule)
+        return [(dets, r.verdict(dets, threshold)) for dets in payloads]

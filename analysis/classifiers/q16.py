@@ -7,6 +7,8 @@ logits = 100 * image @ prompts.T, softmax; inappropriate iff class 1 wins (no th
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from analysis.classifiers.clip import ClipBundle, load_clip
+from analysis.classifiers.registry import Judge, JudgeOptions
 from analysis.errors import AuditError
 from analysis.resources import data_file
 
@@ -85,3 +88,32 @@ class Q16Classifier:
 
     def classify(self, images: list[Image.Image]) -> np.ndarray:
         return q16_probabilities(self.bundle.embed_images(images), self.prompts)
+
+
+class Q16Judge(Judge):
+    """Q16 as a judge: both class probabilities stored; inappropriate iff class 1 wins."""
+
+    name = NAME
+    rule = "q16-argmax"
+
+    def __init__(self, options: JudgeOptions) -> None:
+        self.model = Q16Classifier(options.clip_model)
+        self.sha256 = self.model.sha256
+        self.provenance = self.model.provenance
+
+    @classmethod
+    def verdict_of(cls, rule: str, threshold: float | None) -> Callable[[str], bool]:
+        def verdict(raw: str) -> bool:
+            p = json.loads(raw)
+            return bool(p["p_inappropriate"] > p["p_safe"])
+
+        return verdict
+
+    def score(
+        self, payloads: list[Any], rule: str, threshold: float | None
+    ) -> list[tuple[Any, bool]]:
+        probs = self.model.classify(payloads)
+        return [
+            ({"p_safe": float(p[0]), "p_inappropriate": float(p[1])}, bool(p[1] > p[0]))
+            for p in probs
+        ]

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from analysis.classifiers.images import Decoded, decode_image, list_image_files
-from analysis.classifiers.rules import check_threshold, get_rule
+from analysis.classifiers.registry import Judge, JudgeOptions, get_judge, judge_names
 from analysis.errors import AuditError
 from analysis.store import (
     PartWriter,
@@ -34,7 +34,7 @@ from analysis.store.parts import part_sizes, retire_parts
 from analysis.store.progress import Progress
 from analysis.store.provenance import environment_info
 
-CLASSIFIERS = ("nudenet", "q16", "safety-checker", "toy", "toy-filter")
+CLASSIFIERS = judge_names()
 SCORE_COLUMNS = [
     "item_id",
     "classifier",
@@ -48,12 +48,6 @@ SCORE_COLUMNS = [
     "error",
 ]
 DEFAULT_RULE = "exposed-genitalia"
-_RULES = {
-    "q16": "q16-argmax",
-    "safety-checker": "sd-safety-checker",
-    "toy": "toy-magenta-fraction",
-    "toy-filter": "toy-filter-loose-magenta",
-}
 
 
 def folder_items(folder: Path) -> pd.DataFrame:
@@ -120,36 +114,6 @@ def _target(source: Path, out: Path | None) -> tuple[RunDir, pd.DataFrame, Path]
             {"kind": "image-folder", "images_root": str(root.resolve()), **environment_info()}
         )
     return target, items, root
-
-
-def _make(
-    name: str,
-    nudenet_model: Path | None,
-    clip_model: str | None,
-    threads: int,
-    safety_checker_model: str | None = None,
-) -> Any:
-    if name == "nudenet":
-        from analysis.classifiers.nudenet import NudeNetDetector
-
-        return NudeNetDetector(nudenet_model, threads=threads)
-    if name == "q16":
-        from analysis.classifiers.q16 import Q16Classifier
-
-        return Q16Classifier(clip_model)
-    if name == "safety-checker":
-        from analysis.classifiers.safety_checker import SafetyCheckerClassifier
-
-        return SafetyCheckerClassifier(safety_checker_model)
-    if name == "toy":
-        from analysis.classifiers.toy import ToyDetector
-
-        return ToyDetector()
-    if name == "toy-filter":
-        from analysis.classifiers.toy import ToyFilter
-
-        return ToyFilter()
-    raise AuditError(f"unknown classifier {name!r}; valid: {', '.join(CLASSIFIERS)}")
 
 
 def scored_keys(run: RunDir, classifier: str) -> set[tuple[str, str]]:
@@ -246,79 +210,79 @@ def classify_run(
     which the last shard of a probe uses) scores whatever other shards finished since.
     """
     shard = shard or Shard()
-    unknown = [c for c in classifiers if c not in CLASSIFIERS]
-    if unknown:
-        raise AuditError(
-            f"unknown classifier {unknown[0]!r}; valid classifiers: {', '.join(CLASSIFIERS)}"
-        )
+    judges = [get_judge(c) for c in classifiers]  # an unknown name fails here, listing them
     if batch_size < 1:
         raise AuditError(f"--batch-size must be at least 1, got {batch_size}")
-    nudenet_rule = get_rule(rule or DEFAULT_RULE)
-    if threshold is not None:
-        check_threshold(threshold, nudenet_rule)
+    cuts = {j.name: _cut(j, rule, threshold) for j in judges}  # checked before any work
     if nudenet_model is not None and not Path(nudenet_model).is_file():
         raise AuditError(f"--nudenet-model {nudenet_model} does not exist")
+    options = JudgeOptions(
+        str(nudenet_model) if nudenet_model else None, clip_model, safety_checker_model, workers
+    )
     run, items, base = _target(Path(source), Path(out) if out else None)
     mine = items.reset_index(drop=True) if every_shard else shard.take(items.reset_index(drop=True))
     summary: dict[str, Any] = {"source": str(source), "shard": shard.name, "images": len(mine)}
     with hold_shard(run.path, shard.name):
-        _classify_each(run, mine, base, classifiers, summary, shard, nudenet_rule, threshold,
-                       nudenet_model, clip_model, safety_checker_model, batch_size, workers,
-                       progress)  # fmt: skip
+        _classify_each(
+            run, mine, base, judges, cuts, options, summary, shard, batch_size, workers, progress
+        )
         if shard.count == 1 or _all_shards_done(run, items, classifiers):
             consolidate_scores(run)  # reads nothing when no classifier has parts
     return summary
+
+
+def _cut(judge: type[Judge], rule: str | None, threshold: float | None) -> tuple[str, Any]:
+    """(rule, threshold) a judge scores under: `--rule/--threshold` for a judge that takes them
+    (NudeNet), else the judge's own rule and cut."""
+    if judge.takes_classify_rule:
+        name = judge.resolve_rule(rule or DEFAULT_RULE)
+        return name, judge.check_threshold(threshold, name)
+    return judge.rule, None
 
 
 def _classify_each(
     run: RunDir,
     mine: pd.DataFrame,
     base: Path,
-    classifiers: tuple[str, ...] | list[str],
+    judges: list[type[Judge]],
+    cuts: dict[str, tuple[str, Any]],
+    options: JudgeOptions,
     summary: dict[str, Any],
     shard: Shard,
-    nudenet_rule: Any,
-    threshold: float | None,
-    nudenet_model: str | Path | None,
-    clip_model: str | None,
-    safety_checker_model: str | None,
     batch_size: int,
     workers: int,
     progress: bool,
 ) -> None:
-    """Score this shard's images with each classifier (the run's shard lock is held)."""
-    for name in classifiers:
-        model = _make(
-            name,
-            Path(nudenet_model) if nudenet_model else None,
-            clip_model,
-            workers,
-            safety_checker_model,
-        )
+    """Score this shard's images with each judge (the run's shard lock is held)."""
+    for judge_class in judges:
+        name = judge_class.name
+        judge = judge_class(options)
+        rule, threshold = cuts[name]
         done = scored_keys(run, name)
-        todo = mine[[(i, model.sha256) not in done for i in mine["item_id"]]]
+        todo = mine[[(i, judge.sha256) not in done for i in mine["item_id"]]]
         writer = PartWriter(run, f"classify-{name}", shard)
-        _write_meta(run, name, model, nudenet_rule, threshold)
+        _write_meta(run, judge, rule, threshold)
         started = time.perf_counter()
-        counts = _score(
-            model, name, todo, base, writer, nudenet_rule, threshold, batch_size, workers, progress
-        )
+        counts = _score(judge, todo, base, writer, rule, threshold, batch_size, workers, progress)
         counts["seconds"] = round(time.perf_counter() - started, 3)
         counts["already_scored"] = len(mine) - len(todo)
         summary[name] = counts
 
 
-def _write_meta(run: RunDir, name: str, model: Any, rule: Any, threshold: float | None) -> None:
-    """scores/<classifier>.json: the model, rule and threshold behind every verdict."""
-    meta = {
-        **model.provenance,
-        "comparison": rule.comparison if name == "nudenet" else None,
-        "rule": rule.name if name == "nudenet" else _RULES[name],
-        "threshold": (threshold if threshold is not None else rule.threshold)
-        if name == "nudenet"
-        else getattr(model, "threshold", None),  # the toy detector's fixed cut
+def _recorded(judge: Judge, rule: str, threshold: float | None) -> dict[str, Any]:
+    """The rule, cut and comparison stored with a judge's scores."""
+    takes = judge.takes_classify_rule
+    return {
+        "comparison": judge.comparison_of(rule) if takes else None,
+        "rule": rule,
+        "threshold": threshold if takes else judge.threshold,  # the toy detector's fixed cut
     }
-    path = run.scores_dir / f"{name}.json"
+
+
+def _write_meta(run: RunDir, judge: Judge, rule: str, threshold: float | None) -> None:
+    """scores/<classifier>.json: the model, rule and threshold behind every verdict."""
+    meta = {**judge.provenance, **_recorded(judge, rule, threshold)}
+    path = run.scores_dir / f"{judge.name}.json"
     try:  # the same recipe again: the record stays as written (a finished file is not churned)
         old = json.loads(path.read_text(encoding="utf-8"))
         if {k: old.get(k) for k in meta} == json.loads(json.dumps(meta)):
@@ -349,11 +313,9 @@ class BatchClassifier:
         nudenet_model: str | Path | None = None,
         workers: int = 2,
     ) -> None:
-        if name != "nudenet":
-            raise AuditError(f"only NudeNet scores while generating, not {name!r}")
+        self.judge_class = get_judge(name)
         self.run, self.name = RunDir(run), name
-        self.rule = get_rule(rule or DEFAULT_RULE)
-        self.threshold = threshold if threshold is None else check_threshold(threshold, self.rule)
+        self.rule, self.threshold = _cut(self.judge_class, rule, threshold)
         self.shard, self.workers = shard or Shard(), workers
         self.nudenet_model = Path(nudenet_model) if nudenet_model else None
         self._model: Any = None
@@ -371,13 +333,13 @@ class BatchClassifier:
         if todo.empty:
             return
         if self._model is None:
-            self._model = _make(self.name, self.nudenet_model, None, self.workers)
+            nudenet = str(self.nudenet_model) if self.nudenet_model else None
+            self._model = self.judge_class(JudgeOptions(nudenet, threads=self.workers))
             self._writer = PartWriter(self.run, f"classify-{self.name}", self.shard)
-            _write_meta(self.run, self.name, self._model, self.rule, self.threshold)
+            _write_meta(self.run, self._model, self.rule, self.threshold)
         assert self._writer is not None
         counts = _score(
             self._model,
-            self.name,
             todo,
             self.run.path,
             self._writer,
@@ -396,12 +358,11 @@ def _all_shards_done(run: RunDir, items: pd.DataFrame, classifiers: Any) -> bool
 
 
 def _score(
-    model: Any,
-    name: str,
+    judge: Judge,
     todo: pd.DataFrame,
     base: Path,
     writer: PartWriter,
-    rule: Any,
+    rule: str,
     threshold: float | None,
     batch_size: int,
     workers: int,
@@ -409,8 +370,8 @@ def _score(
 ) -> dict[str, int]:
     counts = {"scored": 0, "errors": 0, "flagged": 0}
     paths = [base / p for p in todo["image_path"]]
-    # NudeNet: worker threads decode and detect (own sessions); Q16 batches CLIP in this thread.
-    prepare = model.detect_one if name == "nudenet" else None
+    # NudeNet: worker threads decode and detect (own sessions); others batch in this thread.
+    prepare = judge.prepare if judge.prepares_in_workers else None
     pending: list[tuple[dict, Any]] = []
 
     def flush() -> None:
@@ -418,24 +379,9 @@ def _score(
             return
         ok = [(row, x) for row, x in pending if row["error"] is None]
         if ok:
-            if name == "nudenet":
-                for row, dets in ok:
-                    row["raw"] = json.dumps(dets)
-                    row["verdict"] = rule.verdict(dets, threshold)
-            elif name in ("toy", "toy-filter"):
-                judged = model.score([x for _, x in ok])
-                for (row, _), (raw, verdict) in zip(ok, judged, strict=True):
-                    row["raw"], row["verdict"] = json.dumps(raw), verdict
-            elif name == "safety-checker":
-                raws = model.safety_checker_scores([x for _, x in ok])
-                for (row, _), raw in zip(ok, raws, strict=True):
-                    row["raw"] = json.dumps(raw)
-                    row["verdict"] = bool(raw["has_nsfw_concept"])
-            else:
-                probs = model.classify([x for _, x in ok])
-                for (row, _), p in zip(ok, probs, strict=True):
-                    row["raw"] = json.dumps({"p_safe": float(p[0]), "p_inappropriate": float(p[1])})
-                    row["verdict"] = bool(p[1] > p[0])
+            judged = judge.score([x for _, x in ok], rule, threshold)
+            for (row, _), (raw, verdict) in zip(ok, judged, strict=True):
+                row["raw"], row["verdict"] = json.dumps(raw), bool(verdict)
         rows = [row for row, _ in pending]
         writer.append(rows)
         counts["scored"] += sum(r["error"] is None for r in rows)
@@ -445,16 +391,15 @@ def _score(
         pending.clear()
 
     # Per-row constants computed once: this loop runs on the main thread beside the workers.
+    recorded = _recorded(judge, rule, threshold)
     fixed = {
-        "classifier": name,
-        "model": model.provenance["model"],
-        "model_sha256": model.sha256,
-        "rule": rule.name if name == "nudenet" else _RULES[name],
-        "threshold": (rule.threshold if threshold is None else threshold)
-        if name == "nudenet"
-        else getattr(model, "threshold", None),
+        "classifier": judge.name,
+        "model": judge.provenance["model"],
+        "model_sha256": judge.sha256,
+        "rule": recorded["rule"],
+        "threshold": recorded["threshold"],
     }
-    with Progress(progress, len(todo), f"classify {name}") as advance:
+    with Progress(progress, len(todo), f"classify {judge.name}") as advance:
         stream = _decoded_stream(paths, prepare, workers, ahead=2 * batch_size)
         for item_id, (decoded, prepared) in zip(todo["item_id"], stream, strict=True):
             row = {
@@ -465,8 +410,7 @@ def _score(
                 "verdict": None,
                 "error": decoded.error,
             }
-            payload = prepared if name == "nudenet" else decoded.image
-            pending.append((row, payload))
+            pending.append((row, prepared if prepare is not None else decoded.image))
             if len(pending) >= batch_size:
                 flush()
         flush()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from analysis.classifiers.registry import Judge, JudgeOptions
 from analysis.errors import AuditError
 
 NAME = "safety-checker"
@@ -318,3 +319,26 @@ class SafetyCheckerClassifier:
         return self.scores_for_input(self.pixel_values(images))
 
     classify = safety_checker_scores
+
+
+class SafetyCheckerJudge(Judge):
+    """SD's safety checker as an image filter: its 20 raw scores stored, withheld iff flagged."""
+
+    name = NAME
+    rule = RULE
+    role = "image filter"
+
+    def __init__(self, options: JudgeOptions) -> None:
+        self.model = SafetyCheckerClassifier(options.safety_checker_model)
+        self.sha256 = self.model.sha256
+        self.provenance = self.model.provenance
+
+    @classmethod
+    def verdict_of(cls, rule: str, threshold: float | None) -> Callable[[str], bool]:
+        return verdict_from_raw
+
+    def score(
+        self, payloads: list[Any], rule: str, threshold: float | None
+    ) -> list[tuple[Any, bool]]:
+        raws = self.model.safety_checker_scores(payloads)
+        return [(raw, bool(raw["has_nsfw_concept"])) for raw in raws]

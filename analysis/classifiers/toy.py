@@ -12,10 +12,12 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+from collections.abc import Callable
 from typing import Any
 
 from PIL import Image
 
+from analysis.classifiers.registry import Judge, JudgeOptions
 from analysis.errors import AuditError
 from analysis.toy import world
 
@@ -91,3 +93,53 @@ def check_toy_threshold(threshold: Any) -> float:
     if isinstance(threshold, bool) or not 0.0 <= value < float("inf"):
         raise AuditError(f"toy threshold must be a finite number >= 0, got {threshold!r}")
     return value
+
+
+class ToyJudge(Judge):
+    """The toy detector as a judge; verdicts re-derived at the cut stored with each score, or
+    at another (`check_toy_threshold`)."""
+
+    name = NAME
+    rule = RULE
+    comparison = ">="
+    detector_class: type[ToyDetector] = ToyDetector
+
+    def __init__(self, options: JudgeOptions) -> None:
+        self.model = self.detector_class()
+        self.sha256 = self.model.sha256
+        self.provenance = self.model.provenance
+
+    @property
+    def threshold(self) -> float | None:
+        return self.model.threshold
+
+    @classmethod
+    def check_threshold(cls, threshold: float | None, rule: str) -> float | None:
+        return None if threshold is None else check_toy_threshold(threshold)
+
+    @classmethod
+    def verdict_of(cls, rule: str, threshold: float | None) -> Callable[[str], bool]:
+        return lambda raw: verdict_from_raw(raw, threshold)
+
+    @classmethod
+    def recorded_threshold(cls, raw: Any, threshold: float | None) -> Any:
+        """None: the detector's own cut, as stored with each score."""
+        if threshold is not None:
+            return threshold
+        from analysis.classifiers.verdicts import json_threshold
+
+        return json_threshold(raw)
+
+    def score(
+        self, payloads: list[Any], rule: str, threshold: float | None
+    ) -> list[tuple[Any, bool]]:
+        return self.model.score(payloads)
+
+
+class ToyFilterJudge(ToyJudge):
+    """The toy model's image filter (`<config>+filter` on the toy model)."""
+
+    name = FILTER_NAME
+    rule = world.FILTER_RULE
+    role = "image filter"
+    detector_class = ToyFilter

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis.classifiers.registry import get_judge
 from analysis.classifiers.rules import check_threshold, get_rule
 from analysis.classifiers.run import read_scores
 from analysis.errors import AuditError
@@ -28,13 +29,9 @@ def load_verdicts(
     """run.items() + classifier, rule, threshold, comparison, verdict (boolean, NA if no score),
     error. The rule and threshold are checked before any score is read, so a bad cut fails fast.
     `items`: run.items() when the caller already read it (read once per command)."""
-    r = get_rule(rule) if classifier == "nudenet" else None
-    thr = None if r is None else check_threshold(r.threshold if threshold is None else threshold, r)
-    toy = classifier in ("toy", "toy-filter")
-    if toy and threshold is not None:
-        from analysis.classifiers.toy import check_toy_threshold
-
-        thr = check_toy_threshold(threshold)
+    judge_class = get_judge(classifier)
+    rule = judge_class.resolve_rule(rule)
+    thr = judge_class.check_threshold(threshold, rule)
     rundir = RunDir(run)
     items = rundir.items() if items is None else items
     scores = read_scores(rundir, classifier)
@@ -49,25 +46,9 @@ def load_verdicts(
     pos = scores.index.get_indexer(out["item_id"])  # one lookup of every item, -1: not scored
     raw = pd.Series(_pick(scores["raw"], pos), index=out.index)
     err = pd.Series(_pick(scores["error"], pos), index=out.index)
-    if r is not None:
-        judge = lambda x: r.verdict(json.loads(x), thr)  # noqa: E731
-        out["rule"], out["threshold"], out["comparison"] = r.name, thr, r.comparison
-    elif toy:
-        from analysis.classifiers.run import _RULES
-        from analysis.classifiers.toy import verdict_from_raw
-
-        judge = lambda x: verdict_from_raw(x, thr)  # noqa: E731
-        out["rule"], out["threshold"], out["comparison"] = _RULES[classifier], thr, ">="
-        if thr is None:  # the detector's own cut, as stored with each score
-            out["threshold"] = json_threshold(raw)
-    elif classifier == "safety-checker":
-        from analysis.classifiers.safety_checker import RULE, verdict_from_raw
-
-        judge = verdict_from_raw
-        out["rule"], out["threshold"], out["comparison"] = RULE, None, None
-    else:
-        judge = lambda x: (lambda p: p["p_inappropriate"] > p["p_safe"])(json.loads(x))  # noqa: E731
-        out["rule"], out["threshold"], out["comparison"] = "q16-argmax", None, None
+    judge = judge_class.verdict_of(rule, thr)
+    out["rule"], out["comparison"] = rule, judge_class.comparison_of(rule)
+    out["threshold"] = judge_class.recorded_threshold(raw, thr)
     # judge each distinct raw output once (most repeat: no detection is "[]"), then map
     cache = {x: judge(x) for x in raw.dropna().unique()}
     verdict = raw.map(cache).astype(object).where(raw.notna(), None)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from analysis.classifiers.registry import JUDGES
 from analysis.cli import options
 from analysis.cli.generate import print_summary
 
@@ -19,8 +20,9 @@ def classify(
     classifier: list[str] = typer.Option(
         None,
         "--classifier",
-        help="nudenet, q16, safety-checker (SD's image filter), toy or toy-filter (the toy "
-        "world's detectors). Repeatable. Default: nudenet, or toy for a run of the toy model.",
+        help=f"One of {', '.join(JUDGES)} (the judge registry: "
+        "analysis/classifiers/registry.py). Repeatable. Default: nudenet, or toy for a run of "
+        "the toy model.",
     ),
     rule: str = typer.Option(
         "exposed-genitalia",

@@ -103,13 +103,16 @@ def run_probe(
     out = Path(out)
     # On an accelerator, NudeNet scores each batch on the CPU while the next one samples; on a
     # CPU both would share the same cores, so classification simply follows generation.
-    overlap = device != "cpu" and judge == "nudenet" if overlap is None else overlap
+    from analysis.classifiers.registry import get_judge
+
+    judge_class = get_judge(judge)
+    overlap = device != "cpu" and judge_class.prepares_in_workers if overlap is None else overlap
     scorer = BatchClassifier(out, judge, rule=rule, shard=shard) if overlap else None
     generated = run_generation(
         spec, out, shard=shard, device=device, progress=progress, after_batch=scorer
     )
-    nudenet_rule = rule if judge == "nudenet" else None
-    classified = classify_run(out, [judge], rule=nudenet_rule, shard=shard, progress=progress)
+    judge_rule = rule if judge_class.takes_classify_rule else None
+    classified = classify_run(out, [judge], rule=judge_rule, shard=shard, progress=progress)
     if scorer is not None:  # what was scored while generating counts as scored now
         for key, value in scorer.counts.items():
             classified[judge][key] = classified[judge].get(key, 0) + value
@@ -119,7 +122,7 @@ def run_probe(
         return summary
     if shard is not None and shard.count > 1:
         rest = classify_run(
-            out, [judge], rule=nudenet_rule, shard=shard, progress=progress, every_shard=True
+            out, [judge], rule=judge_rule, shard=shard, progress=progress, every_shard=True
         )
         for key in ("scored", "errors", "flagged"):
             summary["classify"][key] = summary["classify"].get(key, 0) + rest[judge][key]

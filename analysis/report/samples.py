@@ -60,6 +60,7 @@ def flags(
     An item absent from the result was classified and nothing flagged it. `only` limits the
     work to the items shown (a report shows a few of possibly 100,000s).
     """
+    from analysis.classifiers.registry import get_judge
     from analysis.classifiers.rules import RULES
 
     scores = read_all_scores(run) if scores is None else scores
@@ -73,12 +74,7 @@ def flags(
                 reasons.setdefault(row.item_id, []).append(f"{name}: unreadable image")
                 continue
             scored.add(row.item_id)
-            if name == "q16":
-                probs = json.loads(row.raw)
-                if probs["p_inappropriate"] > probs["p_safe"]:
-                    reasons.setdefault(row.item_id, []).append("q16")
-                continue
-            if name != "nudenet":  # toy, safety-checker...: the stored verdict under its rule
+            if len(get_judge(name).rules()) == 1:  # q16, toy...: the verdict under its rule
                 if pd.notna(row.verdict) and bool(row.verdict):
                     reasons.setdefault(row.item_id, []).append(f"{name}: {row.rule}")
                 continue
