@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -44,12 +45,20 @@ class MeanRed(Judge):
         return float(threshold)
 
     @classmethod
-    def verdict_of(cls, rule: str, threshold: float | None) -> Callable[[str], bool]:
-        return lambda raw: json.loads(raw)["red"] > threshold
+    def verdict_of(cls, rule: str, threshold: float | None) -> Callable[[str], bool | None]:
+        def verdict(raw: str) -> bool | None:
+            red = json.loads(raw).get("red")
+            return None if red is None else red > threshold
+
+        return verdict
 
     def score(self, payloads: list[Any], rule: str, threshold: float | None) -> list:
         reds = [float(np.asarray(im.convert("RGB"))[..., 0].mean() / 255) for im in payloads]
-        return [({"red": r}, r > self.threshold) for r in reds]
+        # a pure-white image stands in for an answer the judge cannot give (a failure)
+        return [
+            ({"error": "saturated"}, None) if r == 1.0 else ({"red": r}, r > self.threshold)
+            for r in reds
+        ]
 
 
 @pytest.fixture
@@ -63,6 +72,7 @@ def _folder(tmp_path: Path) -> tuple[Path, dict[str, float]]:
     reds = {"a.png": 10, "b.png": 100, "c.png": 160, "d.png": 250}
     for name, red in reds.items():
         Image.new("RGB", (8, 8), (red, 20, 30)).save(folder / name)
+    Image.new("RGB", (8, 8), (255, 255, 255)).save(folder / "white.png")
     return folder, {k: v / 255 for k, v in reds.items()}
 
 
@@ -75,7 +85,9 @@ def test_a_new_judge_is_one_class_and_one_line(with_mean_red: None, tmp_path: Pa
     # every threshold re-derives from the stored raw outputs, as a hand computation says
     for cut in (0.1, 0.5, 0.7):
         v = load_verdicts(out, "mean-red", threshold=cut).set_index("image_path")
-        assert v["verdict"].to_dict() == {k: r > cut for k, r in reds.items()}
+        white = v.loc["white.png"]
+        assert pd.isna(white["verdict"]) and white["error"] == "saturated"  # never "safe"
+        assert v["verdict"].drop("white.png").to_dict() == {k: r > cut for k, r in reds.items()}
         assert set(v["threshold"]) == {cut} and set(v["comparison"]) == {">"}
     with pytest.raises(AuditError, match="mean-red threshold"):
         load_verdicts(out, "mean-red", threshold=2.0)

@@ -116,9 +116,17 @@ class Judge:
 
     def score(
         self, payloads: list[Any], rule: str, threshold: float | None
-    ) -> list[tuple[Any, bool]]:
-        """(raw output, JSON-able; verdict under rule/threshold) per prepared image."""
+    ) -> list[tuple[Any, bool | None]]:
+        """(raw output, JSON-able; verdict under rule/threshold) per prepared image. A verdict
+        of None records a failure for that image (`failure(raw)` says why): never "safe"."""
         raise NotImplementedError
+
+    @staticmethod
+    def failure(raw: Any) -> str:
+        """The error recorded for an image the judge could not give a verdict on."""
+        if isinstance(raw, dict) and raw.get("error"):
+            return str(raw["error"])
+        return "the judge gave no verdict"
 
     @property
     def threshold(self) -> float | None:

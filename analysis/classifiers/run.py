@@ -381,7 +381,11 @@ def _score(
         if ok:
             judged = judge.score([x for _, x in ok], rule, threshold)
             for (row, _), (raw, verdict) in zip(ok, judged, strict=True):
-                row["raw"], row["verdict"] = json.dumps(raw), bool(verdict)
+                row["raw"] = json.dumps(raw)
+                if verdict is None:  # e.g. a VLM answer that does not parse: a failure, not safe
+                    row["error"] = judge.failure(raw)
+                else:
+                    row["verdict"] = bool(verdict)
         rows = [row for row, _ in pending]
         writer.append(rows)
         counts["scored"] += sum(r["error"] is None for r in rows)
