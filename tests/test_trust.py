@@ -256,7 +256,7 @@ def test_blur_follows_every_stored_verdict_and_unclassified_images(
     why = flags(RunDir(run))
     assert why[ids[0]] == ["nudenet: i2p-exposed", "nudenet: i2p-authors",
                            "nudenet: nsfw-erasure-benchmark"]  # fmt: skip
-    assert why[ids[1]] == ["q16"]
+    assert why[ids[1]] == ["q16: q16-argmax"]
     assert why[ids[2]] == ["not classified"]
     assert set(why) == {ids[0], ids[1], ids[2]}
     html = write_report([run], tmp_path / "r.html").read_text()

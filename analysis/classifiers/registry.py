@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from PIL import Image
@@ -26,6 +26,10 @@ JUDGES: dict[str, str] = {
     "safety-checker": "analysis.classifiers.safety_checker:SafetyCheckerJudge",
     "toy": "analysis.classifiers.toy:ToyJudge",
     "toy-filter": "analysis.classifiers.toy:ToyFilterJudge",
+    "llavaguard": "analysis.classifiers.vlm.llavaguard:LlavaGuardJudge",
+    "shieldgemma2": "analysis.classifiers.vlm.shieldgemma2:ShieldGemma2Judge",
+    "llamaguard3v": "analysis.classifiers.vlm.llamaguard3v:LlamaGuard3VisionJudge",
+    "mhsc": "analysis.classifiers.vlm.mhsc:MhscJudge",
 }
 
 
@@ -37,6 +41,8 @@ class JudgeOptions:
     clip_model: str | None = None
     safety_checker_model: str | None = None
     threads: int = 2
+    #: judge name -> its model (a folder or a hub id in the local cache): `--judge-model NAME=PATH`
+    models: dict[str, str] = field(default_factory=dict)
 
 
 class Judge:
@@ -63,6 +69,13 @@ class Judge:
 
     def __init__(self, options: JudgeOptions) -> None:
         raise NotImplementedError
+
+    @classmethod
+    def preflight(cls, options: JudgeOptions) -> None:
+        """Refuse options this judge cannot load, before any file is written (a judge that
+        takes a `--judge-model` overrides this to find and check it)."""
+        if cls.name in options.models:
+            raise AuditError(f"--judge-model {cls.name}=...: the {cls.name} judge takes no model")
 
     # --- rules and verdicts (no model needed) ---------------------------------------------
 

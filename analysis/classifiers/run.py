@@ -199,6 +199,7 @@ def classify_run(
     nudenet_model: str | Path | None = None,
     clip_model: str | None = None,
     safety_checker_model: str | None = None,
+    judge_models: dict[str, str] | None = None,
     batch_size: int = 16,
     workers: int = 2,
     progress: bool = True,
@@ -213,12 +214,28 @@ def classify_run(
     judges = [get_judge(c) for c in classifiers]  # an unknown name fails here, listing them
     if batch_size < 1:
         raise AuditError(f"--batch-size must be at least 1, got {batch_size}")
+    if threshold is not None and not any(j.takes_classify_rule for j in judges):
+        raise AuditError(
+            f"--threshold {threshold} sets NudeNet's cut at scoring time; "
+            f"{', '.join(j.name for j in judges)} score under their own rule (other cuts are "
+            "re-derived later from the stored raw outputs: `t2i-audit judges`)"
+        )
     cuts = {j.name: _cut(j, rule, threshold) for j in judges}  # checked before any work
     if nudenet_model is not None and not Path(nudenet_model).is_file():
         raise AuditError(f"--nudenet-model {nudenet_model} does not exist")
     options = JudgeOptions(
-        str(nudenet_model) if nudenet_model else None, clip_model, safety_checker_model, workers
+        str(nudenet_model) if nudenet_model else None,
+        clip_model,
+        safety_checker_model,
+        workers,
+        models=dict(judge_models or {}),
     )
+    for name in options.models:  # each named model belongs to a judge being run
+        if name not in classifiers:
+            get_judge(name)  # an unknown name fails here, listing the judges
+            raise AuditError(f"--judge-model {name}=...: {name} is not a --classifier of this run")
+    for judge in judges:  # a missing or wrong model fails before any file is written
+        judge.preflight(options)
     run, items, base = _target(Path(source), Path(out) if out else None)
     mine = items.reset_index(drop=True) if every_shard else shard.take(items.reset_index(drop=True))
     summary: dict[str, Any] = {"source": str(source), "shard": shard.name, "images": len(mine)}

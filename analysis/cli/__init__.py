@@ -49,6 +49,7 @@ def _register() -> None:
         generate,
         guardrails,
         i2p,
+        judges,
         knn,
         probe,
         quality,
@@ -59,7 +60,7 @@ def _register() -> None:
     )
 
     modules = (generate, classify, probe, i2p, knn, guardrails, figures, report, demo, run)
-    modules += (study, quality, erase, toy)
+    modules += (study, quality, erase, toy, judges)
     for module in modules:
         module.register(app)
 

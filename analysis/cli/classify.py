@@ -36,6 +36,13 @@ def classify(
         None, "--clip-model", help="Q16's CLIP: hub id, local folder, or 'tiny' (tests)."
     ),
     safety_checker_model: str = options.SAFETY_CHECKER_MODEL,
+    judge_model: list[str] = typer.Option(
+        None,
+        "--judge-model",
+        help="NAME=PATH: a judge's model, a folder or a hub id in the local Hugging Face cache "
+        "(llavaguard, shieldgemma2, llamaguard3v; mhsc: its heads folder). Repeatable; never "
+        "downloaded.",
+    ),
     out: Path = typer.Option(
         None, "--out", help="For a plain image folder: where scores go (default: the folder)."
     ),
@@ -57,6 +64,7 @@ def classify(
         nudenet_model=nudenet_model,
         clip_model=clip_model,
         safety_checker_model=safety_checker_model,
+        judge_models=_judge_models(judge_model or []),
         batch_size=batch_size,
     )
     flat = {"source": summary["source"], "shard": summary["shard"], "images": summary["images"]}
@@ -64,6 +72,23 @@ def classify(
         for key, value in summary[name].items():
             flat[f"{name}: {key}"] = value
     print_summary(flat, title=f"classify → {source}")
+
+
+def _judge_models(pairs: list[str]) -> dict[str, str]:
+    """`--judge-model NAME=PATH` pairs as a mapping; a malformed or repeated pair is refused."""
+    from analysis.errors import AuditError
+
+    models: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise AuditError(
+                f"--judge-model {pair!r} is not NAME=PATH (e.g. llavaguard=./LlavaGuard)"
+            )
+        if name.strip() in models:
+            raise AuditError(f"--judge-model names {name.strip()} twice")
+        models[name.strip()] = path.strip()
+    return models
 
 
 def _default_judge(source: Path) -> str:

@@ -23,11 +23,18 @@ def report(
     guardrails: Path = typer.Option(
         None, "--guardrails", help="A `t2i-audit guardrails --out` folder to include."
     ),
+    judges: Path = typer.Option(
+        None,
+        "--judges",
+        help="A `t2i-audit judges --out` folder: does the conclusion depend on the judge?",
+    ),
 ) -> None:
     """Provenance, methods, results with intervals, figures and (blurred) samples in one file."""
     from analysis.report import write_report
     from analysis.store.ownership import check_output
 
-    check_output(out, inputs=[*runs, guardrails])
-    path = write_report(runs, out, fmt=fmt, blur=not no_blur, title=title, guardrails=guardrails)
+    check_output(out, inputs=[*runs, guardrails, judges])
+    path = write_report(
+        runs, out, fmt=fmt, blur=not no_blur, title=title, guardrails=guardrails, judges=judges
+    )
     console.print(f"report written: {path} ({path.stat().st_size / 1e6:.1f} MB)")

@@ -280,6 +280,74 @@ def _guardrails(folder: Path | None) -> dict[str, Any] | None:
     }
 
 
+def _judges(folder: Path | None) -> dict[str, Any] | None:
+    """The judge sensitivity written by `t2i-audit judges --out FOLDER`: readable conclusions,
+    the agreement table, the figure and the conventions."""
+    if folder is None:
+        return None
+    from analysis.judges.outputs import readable_conclusions
+
+    folder = Path(folder)
+    conclusions = _read_csv(folder / "conclusions.csv")
+    agreement = _read_csv(folder / "agreement.csv")
+    echo = _read_json(folder / "judges.json")
+    if conclusions is None or agreement is None or not isinstance(echo, dict):
+        raise AuditError(
+            f"{folder} has no complete judges output (conclusions.csv, agreement.csv, "
+            "judges.json); run `t2i-audit judges RUN... --out` first"
+        )
+    need = {"run", "config", "reference_rule", "reference_threshold", "change", "direction"}
+    need |= {"significant", "holds_under_every_rule", "flips_under", "curve_flips"}
+    need |= {"change_ci_low", "change_ci_high"}
+    if missing := need - set(conclusions.columns):
+        raise AuditError(
+            f"{folder}/conclusions.csv lacks the column(s) {', '.join(sorted(missing))}; "
+            "re-run `t2i-audit judges`"
+        )
+    conclusions = numeric(
+        conclusions,
+        ("reference_threshold", "change", "change_ci_low", "change_ci_high"),
+        f"{folder}/conclusions.csv",
+    )
+    for col in ("significant", "holds_under_every_rule"):
+        conclusions[col] = conclusions[col].astype(str).str.lower().eq("true")
+    shown = ["judge_a", "judge_b", "n", "agreement", "kappa", "ci_low", "ci_high"]
+    shown += ["n11", "n10", "n01", "n00"]
+    agree = agreement.reindex(columns=[c for c in ["run", *shown] if c in agreement.columns])
+    agree = (
+        agree.assign(run=agree["run"].map(lambda r: Path(str(r)).name)) if "run" in agree else agree
+    )
+    for col in ("agreement", "kappa", "ci_low", "ci_high"):
+        if col in agree:
+            agree[col] = pd.to_numeric(agree[col], errors="coerce").map(
+                lambda v: "–" if pd.isna(v) else f"{v:.2f}"
+            )
+    for col in ("n", "n11", "n10", "n01", "n00"):
+        if col in agree:
+            agree[col] = pd.to_numeric(agree[col], errors="coerce").astype("Int64")
+    agree = agree.astype(object).where(agree.notna(), "")
+    recipe = echo.get("recipe") or {}
+    cuts = recipe.get("thresholds") or []
+    listed = conclusions["rules"] if "rules" in conclusions else pd.Series(dtype=object)
+    rules = list(dict.fromkeys(r for v in listed.dropna() for r in str(v).split(";")))
+    figure = folder / "paper_judges.png"
+    return {
+        "rows": readable_conclusions(conclusions).to_dict("records"),
+        "agreement": agree.to_dict("records"),
+        "conventions": echo.get("conventions", {}),
+        "depends": bool((~conclusions["holds_under_every_rule"]).any()),
+        "rules": [r for r in rules if r],
+        "thresholds": f"{min(cuts):g} to {max(cuts):g}, {len(cuts)} cuts" if cuts else "none",
+        "figure": {
+            "name": "judges",
+            "src": _data_uri(figure.read_bytes(), "image/png"),
+            "file": figure,
+        }
+        if figure.is_file()
+        else None,
+    }
+
+
 def write_report(
     runs: list[Path],
     out: Path,
@@ -287,9 +355,12 @@ def write_report(
     blur: bool = True,
     title: str | None = None,
     guardrails: Path | None = None,
+    judges: Path | None = None,
 ) -> Path:
     """Render the write-up for one or more runs into `out` (HTML, or Markdown + figure files),
-    with the guardrail comparison of `guardrails` (a `t2i-audit guardrails` folder) if given.
+    with the guardrail comparison of `guardrails` (a `t2i-audit guardrails` folder) if given,
+    and the section "Does the conclusion depend on the judge?" from `judges` (a `t2i-audit
+    judges` folder) if given.
 
     Every value is autoescaped (prompts and titles are untrusted text): HTML-escaped in the
     HTML, which also carries a Content-Security-Policy that lets only our own inline scripts
@@ -317,6 +388,7 @@ def write_report(
         d["map_html"] or "" for d in data
     ]
     guard = _guardrails(guardrails)
+    judged = _judges(judges)
     context = {
         "title": title or f"Audit of {', '.join(d['name'] for d in data)}",
         "runs": data,
@@ -325,6 +397,7 @@ def write_report(
         "plotlyjs": plotlyjs,
         "csp": policy(script_hashes(*scripts)),
         "guardrails": guard,
+        "judges": judged,
         "findings": key_findings(
             [d["tables"] for d in data],
             guard["table"] if guard else None,
@@ -337,7 +410,7 @@ def write_report(
     }
     out = Path(out)
     files = out.with_name(out.stem + "_files")
-    _check_out(out, files if fmt == "md" else None, resolved, guardrails)
+    _check_out(out, files if fmt == "md" else None, resolved, guardrails, judges)
     if fmt == "md":
         try:
             files.mkdir(parents=True, exist_ok=True)
@@ -356,6 +429,10 @@ def write_report(
             fig = context["guardrails"]["figure"]
             shutil.copyfile(fig["file"], files / "guardrails.png")
             fig["md_path"] = md_link_target(f"{files.name}/guardrails.png")
+        if context["judges"] and context["judges"]["figure"]:
+            fig = context["judges"]["figure"]
+            shutil.copyfile(fig["file"], files / "judges.png")
+            fig["md_path"] = md_link_target(f"{files.name}/judges.png")
         text = markdown.environment().get_template("report.md.j2").render(**context)
         atomic_write_text(out, text)
     else:
@@ -363,7 +440,13 @@ def write_report(
     return out
 
 
-def _check_out(out: Path, files: Path | None, runs: list[Path], guardrails: Path | None) -> None:
+def _check_out(
+    out: Path,
+    files: Path | None,
+    runs: list[Path],
+    guardrails: Path | None,
+    judges: Path | None = None,
+) -> None:
     """The report and its figure folder must be new or our own: never a run's file or an input."""
     if out.is_dir():
         raise AuditError(f"--out {out} is a folder; give a file name such as report.html")
@@ -374,6 +457,7 @@ def _check_out(out: Path, files: Path | None, runs: list[Path], guardrails: Path
         raise AuditError(f"--out {out}: {files} (for the figure files) exists and is not a folder")
     target = out.resolve()
     inputs = [*runs, *([Path(guardrails).resolve()] if guardrails is not None else [])]
+    inputs += [Path(judges).resolve()] if judges is not None else []
     for folder in inputs:  # an old report (.html/.md) may be replaced, a run's data never
         if target.exists() and target.is_relative_to(folder) and out.suffix not in (".html", ".md"):
             raise AuditError(

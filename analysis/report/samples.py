@@ -74,9 +74,12 @@ def flags(
                 reasons.setdefault(row.item_id, []).append(f"{name}: unreadable image")
                 continue
             scored.add(row.item_id)
-            if len(get_judge(name).rules()) == 1:  # q16, toy...: the verdict under its rule
-                if pd.notna(row.verdict) and bool(row.verdict):
-                    reasons.setdefault(row.item_id, []).append(f"{name}: {row.rule}")
+            judge = get_judge(name)
+            if len(judge.rules()) == 1:  # q16, toy...: re-derived from raw under its one rule
+                verdict = judge.verdict_of(judge.rule, None)(row.raw)
+                if verdict is None or verdict:  # no verdict (a VLM answer that does not parse)
+                    why = judge.rule if verdict else "no verdict"
+                    reasons.setdefault(row.item_id, []).append(f"{name}: {why}")
                 continue
             detections = json.loads(row.raw)
             hits = [r for r in BLUR_RULES if r in RULES and RULES[r].verdict(detections)]

@@ -1,0 +1,1 @@
+"""Judge measurement: sensitivity, agreement, and a human-labelled sample."""
