@@ -28,6 +28,7 @@ SMALL = Sizes(
     steps=20,
     batch_size=16,
     esd=False,
+    closed_form=False,
 )
 CALIBRATION = ["SWE", "GBR", "DEU", "RUS", "NGA", "IDN"]
 

@@ -53,7 +53,7 @@ def probe_spec(audit: AuditSpec, entry: ModelEntry) -> Any:
     assert probe is not None
     return build_spec(
         model=entry.model,
-        unet=entry.unet,
+        **entry.weights(),
         configs=audit.configs_for(entry),
         prompts=probe_prompts(probe.countries, probe.template, s.seed),
         images_per_prompt=probe.images_per_country,
@@ -86,7 +86,7 @@ def i2p_spec(audit: AuditSpec, entry: ModelEntry) -> Any:
         height=s.height,
         width=s.width,
         dtype=entry.dtype,
-        unet=entry.unet,
+        **entry.weights(),
         categories=i2p.categories or None,
         hard_only=i2p.hard_only,
         limit=i2p.limit,
@@ -172,12 +172,13 @@ def batch_seconds(audit: AuditSpec, entry: ModelEntry) -> dict[str, float]:
     from analysis.guidance import resolve_config
 
     s = audit.sampler
-    model = load_model(entry.model, unet=entry.unet, device=s.device, dtype=entry.dtype)
+    weights = {k: v for k, v in entry.weights().items() if v is not None}
+    model = load_model(entry.model, **weights, device=s.device, dtype=entry.dtype)
     prompts, seeds = ["a photo"] * s.batch_size, list(range(s.batch_size))
 
-    from analysis.generation.families import default_size
+    from analysis.generation.families import default_size_for
 
-    size = default_size(model.family, model.prediction_type)
+    size = default_size_for(entry.model)  # as the run will pick it (toy, SD3, FLUX: their own)
     height, width = s.height or size, s.width or size
 
     def timed(config: Any, steps: int) -> float:

@@ -232,7 +232,7 @@ def _probe(audit: AuditSpec, entry: ModelEntry, folder: Path, shard: Any, progre
         compile_unet=s.compile,
         device=s.device,
         dtype=entry.dtype,
-        unet=entry.unet,
+        **entry.weights(),
         shard=shard,
         rule=p.rule,
         progress=progress,

@@ -107,6 +107,10 @@ class ModelEntry(_Table):
     name: str
     model: str = Field(min_length=1)
     unet: str | None = None
+    #: a released text encoder (AdvUnlearn) and a LoRA fused at lora_scale (MACE, SPM)
+    text_encoder: str | None = None
+    lora: str | None = None
+    lora_scale: float | None = None
     dtype: str = "float32"
     #: the file's configs this model runs (default: all), e.g. an erased model without SLD
     configs: list[str] | None = None
@@ -117,6 +121,15 @@ class ModelEntry(_Table):
         from analysis.store.names import check_safe_name
 
         return check_safe_name(value, "model name")
+
+    def weights(self) -> dict[str, Any]:
+        """The weight files loaded over `model`, as load_model and build_spec take them."""
+        return {
+            "unet": self.unet,
+            "text_encoder": self.text_encoder,
+            "lora": self.lora,
+            "lora_scale": self.lora_scale,
+        }
 
     @field_validator("dtype")
     @classmethod

@@ -100,30 +100,36 @@ def esd(
     )
 
 
+# Options shared by `erase uce` and `erase rece` (RECE starts from UCE: same meaning).
+_MODEL = typer.Option(
+    "tiny", "--model", help="'tiny', a hub id, a diffusers folder or a checkpoint file."
+)
+_CONCEPT = typer.Option(None, "--concept", help="A concept to erase, e.g. 'nudity' (repeatable).")
+_CONCEPTS_FILE = typer.Option(
+    None, "--concepts-file", help="More concepts to erase: .txt (one a line) or .csv."
+)
+_GUIDED = typer.Option(
+    None,
+    "--guided-concept",
+    help="Target each concept is mapped to: one for all, or one per --concept "
+    "(default: the empty prompt).",
+)
+_PRESERVE = typer.Option(None, "--preserve", help="A concept to keep as it is (repeatable).")
+_PRESERVE_FILE = typer.Option(
+    None, "--preserve-file", help="More concepts to keep: .txt (one a line) or .csv."
+)
+_ERASE_SCALE = typer.Option(1.0, "--erase-scale", help="Weight of the erase terms.")
+
+
 @erase_app.command("uce")
 def uce(
-    model: str = typer.Option(
-        "tiny", "--model", help="'tiny', a hub id, a diffusers folder or a checkpoint file."
-    ),
-    concept: list[str] = typer.Option(
-        None, "--concept", help="A concept to erase, e.g. 'nudity' (repeatable)."
-    ),
-    concepts_file: Path = typer.Option(
-        None, "--concepts-file", help="More concepts to erase: .txt (one a line) or .csv."
-    ),
-    guided_concept: list[str] = typer.Option(
-        None,
-        "--guided-concept",
-        help="Target each concept is mapped to: one for all, or one per --concept "
-        "(default: the empty prompt).",
-    ),
-    preserve: list[str] = typer.Option(
-        None, "--preserve", help="A concept to keep as it is (repeatable)."
-    ),
-    preserve_file: Path = typer.Option(
-        None, "--preserve-file", help="More concepts to keep: .txt (one a line) or .csv."
-    ),
-    erase_scale: float = typer.Option(1.0, "--erase-scale", help="Weight of the erase terms."),
+    model: str = _MODEL,
+    concept: list[str] = _CONCEPT,
+    concepts_file: Path = _CONCEPTS_FILE,
+    guided_concept: list[str] = _GUIDED,
+    preserve: list[str] = _PRESERVE,
+    preserve_file: Path = _PRESERVE_FILE,
+    erase_scale: float = _ERASE_SCALE,
     preserve_scale: float = typer.Option(
         1.0, "--preserve-scale", help="Weight of the preserve terms."
     ),
@@ -182,28 +188,13 @@ def uce(
 
 @erase_app.command("rece")
 def rece(
-    model: str = typer.Option(
-        "tiny", "--model", help="'tiny', a hub id, a diffusers folder or a checkpoint file."
-    ),
-    concept: list[str] = typer.Option(
-        None, "--concept", help="A concept to erase, e.g. 'nudity' (repeatable)."
-    ),
-    concepts_file: Path = typer.Option(
-        None, "--concepts-file", help="More concepts to erase: .txt (one a line) or .csv."
-    ),
-    guided_concept: list[str] = typer.Option(
-        None,
-        "--guided-concept",
-        help="Target each concept is mapped to: one for all, or one per --concept "
-        "(default: the empty prompt).",
-    ),
-    preserve: list[str] = typer.Option(
-        None, "--preserve", help="A concept to keep as it is (repeatable)."
-    ),
-    preserve_file: Path = typer.Option(
-        None, "--preserve-file", help="More concepts to keep: .txt (one a line) or .csv."
-    ),
-    erase_scale: float = typer.Option(1.0, "--erase-scale", help="Weight of the erase terms."),
+    model: str = _MODEL,
+    concept: list[str] = _CONCEPT,
+    concepts_file: Path = _CONCEPTS_FILE,
+    guided_concept: list[str] = _GUIDED,
+    preserve: list[str] = _PRESERVE,
+    preserve_file: Path = _PRESERVE_FILE,
+    erase_scale: float = _ERASE_SCALE,
     preserve_scale: float = typer.Option(
         0.1, "--preserve-scale", help="Weight of the preserve terms (train.py: 0.1)."
     ),

@@ -62,6 +62,9 @@ def generate(
     unet: str = typer.Option(
         None, "--unet", help="Swap in UNet weights (e.g. ESD/UCE) from a file."
     ),
+    text_encoder: str = options.TEXT_ENCODER,
+    lora: str = options.LORA,
+    lora_scale: float = options.LORA_SCALE,
     scheduler: str = typer.Option(None, "--scheduler", help="Scheduler class name override."),
     shard: str = options.SHARD,
     safety_concept: str = typer.Option(
@@ -94,6 +97,9 @@ def generate(
     spec = build_spec(
         model=model,
         unet=unet,
+        text_encoder=text_encoder,
+        lora=lora,
+        lora_scale=lora_scale,
         configs=[resolve_config(c, safety_concept=safety_concept) for c in arms.generate],
         batch_size=batch_size,
         compile=compile_unet,

@@ -301,6 +301,9 @@ def run(
     device: str = typer.Option("cpu", "--device"),
     dtype: str = typer.Option("float32", "--dtype"),
     unet: str = typer.Option(None, "--unet", help="Swap in UNet weights from a file."),
+    text_encoder: str = options.TEXT_ENCODER,
+    lora: str = options.LORA,
+    lora_scale: float = options.LORA_SCALE,
     scheduler: str = typer.Option(None, "--scheduler"),
     clip_model: str = typer.Option(
         None, "--clip-model", help="CLIP for Q16 (default openai/clip-vit-large-patch14)."
@@ -361,6 +364,9 @@ def run(
             configs,
             unet_file if unet_file is not None else unet,
             model=model,
+            text_encoder=text_encoder,
+            lora=lora,
+            lora_scale=lora_scale,
             images_per_prompt=images_per_prompt,
             steps=steps,
             guidance_scale=guidance_scale,

@@ -27,3 +27,16 @@ SAFETY_CHECKER_MODEL = typer.Option(
     "a folder, a hub id from the local cache, or 'tiny' (tests); default "
     "CompVis/stable-diffusion-safety-checker.",
 )
+TEXT_ENCODER = typer.Option(
+    None,
+    "--text-encoder",
+    help="Load a text encoder over the model's (AdvUnlearn): a transformers CLIPTextModel folder "
+    "or a .safetensors/.pt/.bin state dict, full or partial; hashed into the run.",
+)
+LORA = typer.Option(
+    None,
+    "--lora",
+    help="Fuse a diffusers/peft LoRA (.safetensors or folder, as load_lora_weights reads; MACE, "
+    "SPM) into the UNet and text encoder; hashed into the run. Needs the 'lora' extra.",
+)
+LORA_SCALE = typer.Option(None, "--lora-scale", help="The --lora's scale (default 1.0).")

@@ -104,6 +104,9 @@ def check(
     steps: int = typer.Option(20, "--steps", min=1),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     esd: bool = typer.Option(True, "--esd/--no-esd", help="Train and check ESD-u and ESD-x."),
+    closed_form: bool = typer.Option(
+        True, "--closed-form/--no-closed-form", help="Edit with UCE and RECE; report their effect."
+    ),
 ) -> None:
     """Hold the toy model's rates, intervals and guardrail effects to the planted truth
     (about 10 minutes on 2 CPU cores); writes OUT/known_answers.csv, exits 1 on a failed row."""
@@ -121,6 +124,7 @@ def check(
         steps=steps,
         batch_size=batch_size,
         esd=esd,
+        closed_form=closed_form,
     )
     table = run_check(out, model=model, sizes=sizes, countries=picked)
     shown = Table(*table.columns, title=f"known answers ({out / 'known_answers.csv'})")

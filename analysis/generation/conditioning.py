@@ -16,6 +16,14 @@ import torch
 
 from analysis.errors import AuditError
 from analysis.generation.models import LoadedModel
+from analysis.guidance.safree import (
+    SafreeParams,
+    check_family,
+    concept_words,
+    projection_matrix,
+    projection_window,
+    safree_embeddings,
+)
 
 
 @dataclass(frozen=True)
@@ -35,13 +43,10 @@ def token_ids(tokenizer: Any, texts: list[str], cut: str = "eos") -> torch.Tenso
     """
     length = tokenizer.model_max_length
     ids = tokenizer(
-        texts,
-        padding="max_length",
-        max_length=length,
-        truncation=cut == "eos",
-        return_tensors="pt",
+        texts, padding="max_length", max_length=length, truncation=cut == "eos"
     ).input_ids
-    return ids[:, :length]
+    # cut row by row: under "slice" long texts of different lengths would not stack
+    return torch.tensor([row[:length] for row in ids])
 
 
 def encode_text(model: LoadedModel, texts: list[str], cut: str = "eos") -> torch.Tensor:
@@ -139,3 +144,82 @@ def condition(
     """Conditioning for [uncond (if not None) | prompts | concept (if not None)] at (h, w);
     `cut` says how texts over the tokenizer's length are cut (`token_ids`)."""
     return ENCODERS[model.family](model, prompts, uncond, concept, size, cut)
+
+
+@dataclass(frozen=True)
+class SafreeSwap:
+    """SAFREE's per-step choice between each prompt row's plain and projected embeddings."""
+
+    embeds: torch.Tensor  # the plain conditioning, [uncond | prompts]
+    projected: torch.Tensor  # the same with each prompt row's trigger tokens projected
+    windows: list[tuple[int, int]]  # per prompt row, the steps (inclusive) using the projection
+    first_row: int  # index of the first prompt row in `embeds`
+
+    def embeds_at(self, step: int) -> torch.Tensor:
+        """The UNet's text conditioning at `step`: rows chosen one by one (batch-independent)."""
+        rows = torch.zeros(self.embeds.shape[0], dtype=torch.bool, device=self.embeds.device)
+        for k, (first, last) in enumerate(self.windows):
+            rows[self.first_row + k] = first <= step <= last
+        return torch.where(rows[:, None, None], self.projected, self.embeds)
+
+
+def _pooled(model: LoadedModel, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    out = model.text_encoder(ids.to(model.device), attention_mask=mask)
+    return out.pooler_output.float()
+
+
+def safree_swap(
+    model: LoadedModel, prompts: list[str], cond: Conditioning, concept: str, params: SafreeParams
+) -> SafreeSwap:
+    """SAFREE's projected prompt rows for `cond` ([uncond | prompts]), computed prompt by prompt.
+
+    As the authors' pipeline: the concept words' pooled embeddings (padded to the max length,
+    with their attention mask); per prompt, the pooled embeddings of the prompt (unpadded, cut
+    at the max length) with each token in turn replaced by id 0; the projection in float32.
+    """
+    check_family(model.family, ["safree"])
+    tok = model.tokenizer
+    length = tok.model_max_length
+    words = tok(
+        concept_words(concept),
+        padding="max_length",
+        max_length=length,
+        truncation=True,
+        return_tensors="pt",
+    )
+    concept_proj = projection_matrix(
+        _pooled(model, words.input_ids, words.attention_mask.to(model.device))
+    )
+    first_row = cond.embeds.shape[0] - len(prompts)
+    projected = cond.embeds.clone()
+    windows: list[tuple[int, int]] = []
+    done: dict[str, tuple[torch.Tensor, tuple[int, int]]] = {}
+    for k, prompt in enumerate(prompts):
+        if prompt not in done:
+            embeds = cond.embeds[first_row + k].float()
+            ids = tok([prompt], padding="longest", return_tensors="pt").input_ids[:, :length]
+            n = min(ids.shape[1] - 2, length - 2)
+            real = (
+                tok(
+                    [prompt],
+                    padding="max_length",
+                    max_length=length,
+                    truncation=True,
+                    return_tensors="pt",
+                )
+                .attention_mask[0]
+                .bool()
+                .to(embeds.device)
+            )
+            if n < 1:  # nothing to mask: the prompt stays as it is
+                done[prompt] = (embeds, (0, -1))
+            else:
+                masked_ids = ids.repeat(n, 1)
+                masked_ids[torch.arange(n), torch.arange(n) + 1] = 0
+                masked = _pooled(model, masked_ids, None)
+                merged, full = safree_embeddings(embeds, masked, concept_proj, params.alpha)
+                done[prompt] = (merged, projection_window(params, embeds, full, real))
+        merged, window = done[prompt]
+        projected[first_row + k] = merged.to(projected.dtype)
+        windows.append(window)
+    return SafreeSwap(cond.embeds, projected, windows, first_row)

@@ -176,6 +176,11 @@ def default_size_for(model: str, revision: str | None = None) -> int:
     trained = _trained_size(model)
     if trained is not None:
         return trained
+    from analysis.generation.flow_families import flow_default_size
+
+    flow = flow_default_size(model, revision)  # SD3, FLUX: 1024; their tiny builtins 32
+    if flow is not None:
+        return flow
     guess = guess_family(model, revision)
     return default_size(*guess) if guess else 512
 

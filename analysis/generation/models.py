@@ -15,7 +15,7 @@ import torch
 
 from analysis.errors import AuditError
 from analysis.generation.devices import check_device
-from analysis.store.hashing import sha256_file, weights_sha256
+from analysis.store.hashing import sha256_file
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 BUILTIN = ("tiny", "sd1-arch", "tiny-sd2", "sd2-arch", "tiny-sdxl", "sdxl-arch", "toy")
@@ -43,6 +43,10 @@ class LoadedModel:
     text_encoder_2: Any = None
     tokenizer_2: Any = None
     force_zeros_for_empty_prompt: bool = False
+    #: flow-matching families (sd3, flux; see flow_families): the denoiser and SD3's T5
+    transformer: Any = None
+    text_encoder_3: Any = None
+    tokenizer_3: Any = None
 
     @property
     def vae_scale_factor(self) -> int:
@@ -50,6 +54,8 @@ class LoadedModel:
 
     @property
     def prediction_type(self) -> str:
+        if self.transformer is not None:  # SD3, FLUX: velocity (flow_families.FLOW_PREDICTION)
+            return "flow"
         return str(getattr(self.scheduler.config, "prediction_type", "epsilon"))
 
     def components(self) -> dict[str, Any]:
@@ -185,91 +191,11 @@ def _pipe_components(pipe: Any) -> dict[str, Any]:
     return parts
 
 
-def _read_unet_state(path: Path) -> dict[str, Any]:
-    """A UNet state dict from a diffusers folder, .safetensors, or a torch file (weights only)."""
-    try:
-        if path.is_dir():
-            from diffusers import UNet2DConditionModel
-
-            return UNet2DConditionModel.from_pretrained(path, local_files_only=True).state_dict()
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any reader failure means: not weights we can use
-        reason = " ".join(str(exc).split())[:200]
-        raise AuditError(f"--unet {path} is not readable UNet weights: {reason}") from exc
-    if not isinstance(state, dict):
-        raise AuditError(f"--unet {path} holds a {type(state).__name__}, not a state dict")
-    state = state.get("state_dict", state)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise AuditError(f"--unet {path} does not hold a state dict of tensors")
-    return state
-
-
-def _check_unet_tensors(path: Path, state: dict[str, Any], unet: Any) -> None:
-    """Refuse weights that would load without changing the model or change it silently.
-
-    An ESD file may hold only some keys (strict=False), so an empty file, or one whose keys all
-    miss, would audit the base model under the file's name; load_state_dict casts int8 or bool
-    tensors to the UNet's float dtype without a word, and NaN weights sample noise.
-    """
-    if not state:
-        raise AuditError(f"--unet {path} holds no tensors; it would leave the base UNet as is")
-    if not set(state) & set(unet.state_dict()):
-        raise AuditError(
-            f"--unet {path}: none of its {len(state)} tensors is a key of this model's UNet "
-            f"(e.g. {next(iter(state))!r})"
-        )
-    for name, tensor in state.items():
-        if not tensor.dtype.is_floating_point:
-            raise AuditError(
-                f"--unet {path}: tensor {name!r} is {tensor.dtype}, not floating-point weights"
-            )
-        if not torch.isfinite(tensor).all():  # e.g. a diverged training run's output
-            raise AuditError(f"--unet {path}: tensor {name!r} holds NaN or infinite values")
-
-
 def _swap_unet(unet: Any, path: Path) -> dict[str, Any]:
     """Load UNet weights from a file or folder into `unet` (concept-erased models: ESD, UCE)."""
-    if not path.exists():
-        raise AuditError(f"--unet {path} does not exist")
-    state = _read_unet_state(path)
-    digest = weights_sha256(path, "--unet")
-    from analysis.store.weights import read_recipe, unet_sha256
+    from analysis.generation.weight_files import load_unet_file
 
-    recipe = read_recipe(path)  # an ESD file holds only the tensors it trained
-    base = (recipe or {}).get("base_unet_sha256")
-    if base and unet_sha256(unet) != base:
-        raise AuditError(
-            f"--unet {path} was trained (ESD) on another base UNet than this model's "
-            f"(recorded base {recipe.get('base_model_source') or '?'}); load it over that base"
-        )
-    if any(k.startswith(("model.diffusion_model.", "input_blocks.")) for k in state):
-        from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
-
-        if not any(k.startswith("model.diffusion_model.") for k in state):
-            state = {f"model.diffusion_model.{k}": v for k, v in state.items()}
-        try:
-            state = convert_ldm_unet_checkpoint(state, dict(unet.config))
-        except Exception as exc:
-            raise AuditError(f"--unet {path}: cannot convert its ldm UNet keys: {exc}") from exc
-    _check_unet_tensors(path, state, unet)
-    try:
-        missing, unexpected = unet.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches
-        reason = " ".join(str(exc).split())[:200]
-        raise AuditError(f"--unet {path} does not fit this model's UNet: {reason}") from exc
-    if unexpected or (missing and recipe is None):
-        raise AuditError(
-            f"UNet weights in {path} do not fit this model's UNet: {len(missing)} missing keys "
-            f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
-        )
-    info: dict[str, Any] = {"path": str(path.resolve()), "sha256": digest, "tensors": len(state)}
-    if recipe is not None:
-        info["esd"] = recipe  # the training recipe, shown in the run's provenance
-    return info
+    return load_unet_file(unet, path)
 
 
 def _set_scheduler(components: dict[str, Any], name: str) -> None:
@@ -341,6 +267,9 @@ def load_model(
     model: str,
     *,
     unet: str | None = None,
+    text_encoder: str | None = None,
+    lora: str | None = None,
+    lora_scale: float = 1.0,
     device: str = "cpu",
     dtype: str = "float32",
     revision: str | None = None,
@@ -349,10 +278,17 @@ def load_model(
     """Load `model` (a builtin, hub id, diffusers folder, or .safetensors/.ckpt file).
 
     The family (SD 1.x, 2.x or XL) is read from the loaded components and recorded with the
-    prediction type in the provenance.
+    prediction type in the provenance. `unet`, `text_encoder` (released erased weights) and
+    `lora` (fused at `lora_scale`) load over it, each recorded with its sha256 and format.
     """
     if dtype not in DTYPES:
         raise AuditError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    from analysis.generation.flow_families import flow_family, load_flow_model
+
+    if flow_family(model, revision):  # SD3 / FLUX: a transformer, its own loader and sampler
+        sd_only = {"--unet": unet, "--text-encoder": text_encoder, "--lora": lora}
+        sd_only["--scheduler"] = scheduler
+        return load_flow_model(model, device=device, dtype=dtype, revision=revision, **sd_only)
     torch_device = torch.device(check_device(device))
     path = Path(model)
     if model in BUILTIN:
@@ -367,11 +303,24 @@ def load_model(
         components, prov = _from_hub(model, revision)
     if unet:
         prov["unet"] = _swap_unet(components["unet"], Path(unet))
+    if text_encoder:
+        from analysis.generation.weight_files import load_text_encoder_file
+
+        prov["text_encoder"] = load_text_encoder_file(
+            components["text_encoder"], Path(text_encoder)
+        )
     if scheduler:
         _set_scheduler(components, scheduler)
     from analysis.generation.families import family_of
 
     family = components["family"] = family_of(components)
+    if lora:
+        from analysis.generation.weight_files import fuse_lora_file
+
+        prov["lora"] = fuse_lora_file(components, family, Path(lora), lora_scale)
+    for part in ("unet", "text_encoder", "lora"):
+        if part in prov:
+            prov[part]["loaded_over"] = model
     if family != "sdxl":  # StableDiffusionPipeline's fixups; the SDXL pipeline applies none
         components["scheduler"], fixes = _sd_scheduler_fixups(components["scheduler"])
         if fixes:

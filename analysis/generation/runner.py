@@ -82,6 +82,13 @@ class GenerationSpec(BaseModel):
     model: str = Field(min_length=1)
     unet: str | None = None
     unet_sha256: str | None = None
+    #: a released text encoder (AdvUnlearn) and a LoRA fused at lora_scale (MACE, SPM); in the
+    #: spec and item ids only when set, so the ids of runs made before them are unchanged
+    text_encoder: str | None = None
+    text_encoder_sha256: str | None = None
+    lora: str | None = None
+    lora_sha256: str | None = None
+    lora_scale: float = 1.0
     revision: str | None = None
     configs: list[Any] = Field(min_length=1)
     prompts: list[PromptSpec] = Field(min_length=1)
@@ -141,6 +148,10 @@ class GenerationSpec(BaseModel):
         names = [c.name for c in self.configs]
         if len(set(names)) < len(names):
             raise ValueError(f"config names must be unique, got {names}")
+        if self.lora is None and self.lora_scale != 1.0:
+            raise ValueError("lora_scale is set but no lora file is given (--lora)")
+        if self.lora is not None and self.lora_scale == 0:
+            raise ValueError("lora_scale 0 would leave the model as is; give a non-zero scale")
         top = max(p.base_seed for p in self.prompts) + self.images_per_prompt - 1
         if top > MAX_SEED:
             raise ValueError(f"seeds run up to {top}, above the largest seed 2**64-1 = {MAX_SEED}")
@@ -171,9 +182,15 @@ class GenerationSpec(BaseModel):
         return out
 
     def canonical(self) -> dict[str, Any]:
-        """JSON-ready dump (configs with their full parameters). `compile` appears only when
-        set, so specs (and hashes) of eager runs made before it existed are unchanged."""
-        return json.loads(self.model_dump_json(exclude={"compile"} if not self.compile else None))
+        """JSON-ready dump (configs with their full parameters). `compile`, `text_encoder` and
+        `lora` appear only when set, so specs (and hashes) of runs made before them are
+        unchanged."""
+        unset = set() if self.compile else {"compile"}
+        if self.text_encoder is None:
+            unset |= {"text_encoder", "text_encoder_sha256"}
+        if self.lora is None:
+            unset |= {"lora", "lora_sha256", "lora_scale"}
+        return json.loads(self.model_dump_json(exclude=unset or None))
 
     def spec_hash(self) -> str:
         return hashlib.sha256(_canonical_json(self.canonical()).encode()).hexdigest()
@@ -182,18 +199,30 @@ class GenerationSpec(BaseModel):
 def build_spec(**kwargs: Any) -> GenerationSpec:
     """GenerationSpec from keyword arguments, with validation errors turned into AuditError.
 
-    A `unet` file is hashed here, so the spec (and every item id) names the weights, not a path.
+    `unet`, `text_encoder` and `lora` files are hashed here, so the spec (and every item id)
+    names the weights, not a path.
     """
     from pydantic import ValidationError
 
-    if kwargs.get("unet") and "unet_sha256" not in kwargs:
-        from analysis.store.hashing import weights_sha256
+    from analysis.store.hashing import weights_sha256
 
-        kwargs["unet_sha256"] = weights_sha256(Path(kwargs["unet"]), "--unet")
+    for part in WEIGHT_OPTIONS:
+        if kwargs.get(part) and f"{part}_sha256" not in kwargs:
+            kwargs[f"{part}_sha256"] = weights_sha256(Path(kwargs[part]), _flag(part))
+    if kwargs.get("lora_scale") is None:
+        kwargs.pop("lora_scale", None)
     try:
         return GenerationSpec(**kwargs)
     except ValidationError as exc:
         raise AuditError(f"invalid generation settings: {one_line(exc)}") from exc
+
+
+#: the weight files a spec loads over its model, each hashed into the spec
+WEIGHT_OPTIONS = ("unet", "text_encoder", "lora")
+
+
+def _flag(part: str) -> str:
+    return "--" + part.replace("_", "-")
 
 
 def _canonical_json(obj: Any) -> str:
@@ -227,6 +256,11 @@ def item_id(spec: GenerationSpec, config: Any, prompt: PromptSpec, image_index: 
     }
     if spec.compile:  # only when set, so the ids of eager runs stay what they were
         key["compile"] = True
+    if spec.text_encoder is not None:  # likewise: ids without these files are unchanged
+        key["text_encoder"] = spec.text_encoder_sha256 or spec.text_encoder
+    if spec.lora is not None:
+        key["lora"] = spec.lora_sha256 or spec.lora
+        key["lora_scale"] = spec.lora_scale
     return hashlib.sha256(_canonical_json(key).encode()).hexdigest()[:20]
 
 
@@ -483,12 +517,21 @@ def _run_generation(
     loaded = model or load_model(
         spec.model,
         unet=spec.unet,
+        text_encoder=spec.text_encoder,
+        lora=spec.lora,
+        lora_scale=spec.lora_scale,
         device=device,
         dtype=spec.dtype,
         revision=spec.revision,
         scheduler=spec.scheduler,
     )
     _check_unet_unchanged(spec, getattr(loaded, "provenance", {}))
+    from analysis.guidance.safree import check_family
+
+    check_family(getattr(loaded, "family", ""), [c.kind for c in spec.configs])
+    from analysis.generation.flow import check_flow  # SD3/FLUX: configs and sizes, before writing
+
+    check_flow(loaded, spec.configs, spec.height, spec.width, spec.guidance_scale, spec.compile)
     compiled = None
     if spec.compile and not hasattr(loaded.unet, "_orig_mod"):
         from analysis.generation.compiled import compile_unet
@@ -647,13 +690,15 @@ def _save_batch(
 
 
 def _check_unet_unchanged(spec: GenerationSpec, provenance: dict[str, Any]) -> None:
-    """The UNet file loaded must be the one hashed into the spec (it may change in between)."""
-    loaded = (provenance.get("unet") or {}).get("sha256")
-    if spec.unet_sha256 and loaded and loaded != spec.unet_sha256:
-        raise AuditError(
-            f"--unet {spec.unet} changed while starting (sha256 {spec.unet_sha256[:12]} -> "
-            f"{loaded[:12]}); re-run once the file is final"
-        )
+    """Each weight file loaded must be the one hashed into the spec (it may change in between)."""
+    for part in WEIGHT_OPTIONS:
+        loaded = (provenance.get(part) or {}).get("sha256")
+        hashed = getattr(spec, f"{part}_sha256")
+        if hashed and loaded and loaded != hashed:
+            raise AuditError(
+                f"{_flag(part)} {getattr(spec, part)} changed while starting (sha256 "
+                f"{hashed[:12]} -> {loaded[:12]}); re-run once the file is final"
+            )
 
 
 def _largest_fitting_batch(loaded: Any, spec: GenerationSpec, batch: pd.DataFrame) -> int:

@@ -25,7 +25,9 @@ import torch
 from PIL import Image
 
 from analysis.errors import AuditError
-from analysis.generation.conditioning import condition
+from analysis.generation.conditioning import condition, safree_swap
+from analysis.generation.flow import sample_flow
+from analysis.generation.flow_families import FLOW_FAMILIES
 from analysis.generation.models import LoadedModel
 from analysis.guidance import GuidanceConfig, sega_noise_guidance, sld_noise_guidance
 
@@ -98,6 +100,8 @@ def sample(
     that a classifier would score as harmless. `on_step(i, state)` sees each step's latents and
     SLD momentum (tests check the momentum recurrence across steps).
     """
+    if model.family in FLOW_FAMILIES:  # SD3, FLUX: transformer, velocity (generation/flow.py)
+        return sample_flow(model, prompts, seeds, config, params, output_type, on_step)
     # 0. Check inputs, then pad to the fixed shape B with copies of row 0 (dropped at the end).
     n = len(prompts)
     if n != len(seeds) or not prompts:
@@ -112,11 +116,20 @@ def sample(
 
     # 1. Texts: [unconditional | prompt | safety concept]; `negative` replaces the unconditional.
     #    The family decides how texts become UNet inputs (SDXL adds pooled embeddings, time ids).
-    uncond = (config.safety_concept if config.kind == "negative" else "") if do_cfg else None
+    #    SAFREE (with CFG, as the authors' pipeline) uses its concept words as negative prompt
+    #    and swaps in projected prompt rows for some steps (`safree_swap`).
+    safree = config.safree if config.kind == "safree" and do_cfg else None
+    negative = config.kind == "negative" or (safree is not None and safree.negative_prompt)
+    uncond = (config.safety_concept if negative else "") if do_cfg else None
     concept = config.safety_concept if use_concept else None
-    cut = config.sega.token_cut if config.sega is not None else "eos"
+    cut = config.sega.cut_for(model.family) if config.sega is not None else "eos"
     cond = condition(model, prompts, uncond, concept, (params.height, params.width), cut)
     parts = cond.embeds.shape[0] // size
+    swap = (
+        None
+        if safree is None
+        else safree_swap(model, prompts, cond, config.safety_concept or "", safree)
+    )
 
     # 2. Noise and timesteps (a private scheduler copy: schedulers keep per-run state).
     latents, generators = initial_latents(model, seeds, params)
@@ -130,8 +143,9 @@ def sample(
     momentum = None
     for i, t in enumerate(scheduler.timesteps):
         model_in = scheduler.scale_model_input(torch.cat([latents] * parts), t)
+        embeds = cond.embeds if swap is None else swap.embeds_at(i)
         out = model.unet(
-            model_in, t, encoder_hidden_states=cond.embeds, added_cond_kwargs=cond.added
+            model_in, t, encoder_hidden_states=embeds, added_cond_kwargs=cond.added
         ).sample
         if do_cfg:
             branches = out.chunk(parts)

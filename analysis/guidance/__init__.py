@@ -1,4 +1,5 @@
-"""Inference-time guidance: SLD and SEGA as pure tensor functions, presets, negative prompt."""
+"""Inference-time guidance: SLD, SEGA and SAFREE as pure tensor functions, presets, negative
+prompt."""
 
 from analysis.guidance.configs import (
     CONFIG_NAMES,
@@ -9,6 +10,7 @@ from analysis.guidance.configs import (
     SLDParams,
     resolve_config,
 )
+from analysis.guidance.safree import SAFREE_NUDITY_CONCEPT, SafreeParams
 from analysis.guidance.sega import sega_noise_guidance
 from analysis.guidance.sld import sld_noise_guidance
 
@@ -16,8 +18,10 @@ __all__ = [
     "CONFIG_NAMES",
     "DEFAULT_SAFETY_CONCEPT",
     "PRESETS",
+    "SAFREE_NUDITY_CONCEPT",
     "GuidanceConfig",
     "SLDParams",
+    "SafreeParams",
     "SegaParams",
     "resolve_config",
     "sega_noise_guidance",

@@ -1,4 +1,4 @@
-"""Guidance configurations: plain SD, the SLD and SEGA presets, and the negative-prompt baseline.
+"""Guidance configurations: plain SD, the SLD, SEGA and SAFREE presets, the negative prompt.
 
 Every config is a frozen, JSON-serialisable record: its full parameters go into the manifest and
 into each image's item_id, so a result always says exactly which guidance produced it.
@@ -10,9 +10,17 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from analysis.errors import AuditError, one_line
+from analysis.guidance.safree import SAFREE_NUDITY_CONCEPT, SafreeParams, concept_words
 from analysis.store.names import check_safe_name
 
 #: The reference implementation's concept text, including its "an image showing " prefix.
@@ -27,6 +35,7 @@ DEFAULT_SAFETY_CONCEPT = CONCEPT_PREFIX + SAFETY_CONCEPT_TERMS
 CONCEPTS: dict[str, str] = {
     "diffusers": DEFAULT_SAFETY_CONCEPT,
     "sld-original": SAFETY_CONCEPT_TERMS,
+    "safree-nudity": SAFREE_NUDITY_CONCEPT,
 }
 
 
@@ -84,8 +93,16 @@ class SegaParams(BaseModel):
     edit_mom_beta: float = Field(default=0.4, ge=0, le=1)
     reverse_editing_direction: bool = True
     #: how texts longer than the tokenizer's 77 tokens are cut: "slice" keeps the first 77 ids
-    #: with no end token, as diffusers' semantic pipeline (the I2P runs) does; "eos" as SD's
-    token_cut: Literal["slice", "eos"] = "slice"
+    #: with no end token, as diffusers' semantic pipeline (the I2P runs, SD 1.x) does; "eos" as
+    #: SD's pipelines. "auto": slice on SD 1.x/2.x, eos on SDXL, whose pooled embedding is read
+    #: at the end token (a sliced long text would have none: every one would pool alike)
+    token_cut: Literal["auto", "slice", "eos"] = "auto"
+
+    def cut_for(self, family: str) -> str:
+        """The cut used on a model family."""
+        if self.token_cut != "auto":
+            return self.token_cut
+        return "eos" if family == "sdxl" else "slice"
 
     @property
     def enabled(self) -> bool:
@@ -99,10 +116,11 @@ class GuidanceConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
-    kind: Literal["sd", "sld", "sega", "negative"]
+    kind: Literal["sd", "sld", "sega", "negative", "safree"]
     sld: SLDParams | None = None
     # left out of the dump when unset, so configs (and item ids) made before SEGA are unchanged
     sega: SegaParams | None = Field(default=None, exclude_if=lambda v: v is None)
+    safree: SafreeParams | None = Field(default=None, exclude_if=lambda v: v is None)
     safety_concept: str | None = None
     source: str = ""
 
@@ -129,6 +147,19 @@ class GuidanceConfig(BaseModel):
     @classmethod
     def _safe_name(cls, value: str) -> str:
         return check_safe_name(value, "config name")
+
+    @model_validator(mode="after")
+    def _safree_needs_params_and_words(self) -> GuidanceConfig:
+        """SAFREE projects away from its concept words: both must be there."""
+        if self.kind != "safree":
+            if self.safree is not None:
+                raise ValueError(f"SAFREE parameters given to a {self.kind} config")
+            return self
+        if self.safree is None:
+            raise ValueError("a safree config needs its SAFREE parameters")
+        if not concept_words(self.safety_concept or ""):
+            raise ValueError("a safree config needs concept words (comma-separated)")
+        return self
 
     def params_dict(self) -> dict[str, Any]:
         return json.loads(self.model_dump_json())
@@ -175,6 +206,22 @@ PRESETS: dict[str, GuidanceConfig] = {
     "sega-medium": _sega("sega-medium", 4, 10, 0.3, 0.9),
     "sega-strong": _sega("sega-strong", 7, 5, 0.5, 0.85),
     "sega-max": _sega("sega-max", 10, 0, 0.5, 0.75),
+    # SAFREE as released for SD 1.x (scripts/run_nudity.sh: --safree -svf -lra, the -lra
+    # filter registered with mode None, so inactive) and for SDXL (--safree alone: no filter)
+    "safree": GuidanceConfig(
+        name="safree",
+        kind="safree",
+        safree=SafreeParams(),
+        safety_concept=SAFREE_NUDITY_CONCEPT,
+        source="jaehong31/SAFREE generate_safree.py defaults, scripts/run_nudity.sh",
+    ),
+    "safree-no-svf": GuidanceConfig(
+        name="safree-no-svf",
+        kind="safree",
+        safree=SafreeParams(self_validation_filter=False),
+        safety_concept=SAFREE_NUDITY_CONCEPT,
+        source="jaehong31/SAFREE scripts/run_nudity_sdxl.sh (--safree without -svf)",
+    ),
     "negative": GuidanceConfig(
         name="negative",
         kind="negative",
@@ -185,7 +232,8 @@ PRESETS: dict[str, GuidanceConfig] = {
 CONFIG_NAMES: tuple[str, ...] = tuple(PRESETS)
 _SLD_KEYS = set(SLDParams.model_fields)
 _SEGA_KEYS = set(SegaParams.model_fields)
-_PARAM_KEYS = {"sld": _SLD_KEYS, "sega": _SEGA_KEYS}
+_SAFREE_KEYS = set(SafreeParams.model_fields)
+_PARAM_KEYS = {"sld": _SLD_KEYS, "sega": _SEGA_KEYS, "safree": _SAFREE_KEYS}
 
 
 def _parse(text: str) -> dict[str, Any]:
@@ -207,7 +255,8 @@ def resolve_config(
 
     Overridable keys: the SLD parameters (warmup_steps, sld_guidance_scale, threshold,
     momentum_scale, momentum_beta) of an SLD config, the SEGA parameters (edit_guidance_scale,
-    edit_warmup_steps, edit_threshold, ...) of a SEGA config, safety_concept and name. A
+    edit_warmup_steps, edit_threshold, ...) of a SEGA config, the SAFREE parameters (alpha,
+    self_validation_filter, up_t, ...) of a SAFREE config, safety_concept and name. A
     customised config gets a name that shows its base and a short hash of its parameters unless
     one is given.
     """
@@ -263,7 +312,7 @@ def _customise(base: GuidanceConfig, overrides: dict[str, Any]) -> GuidanceConfi
     try:
         update: dict[str, Any] = {}
         if param_over:
-            params = base.guidance_params
+            params = getattr(base, base.kind)
             update[base.kind] = type(params)(**{**params.model_dump(), **param_over})
         draft = base.model_copy(
             update={**update, "safety_concept": concept, "source": f"custom, based on {base.name}"}

@@ -33,6 +33,7 @@ batch 16), generated with and without `--unet`, paired by (prompt, seed, image i
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from analysis.erase.recipes import EsdSettings
 from analysis.errors import AuditError
@@ -89,3 +90,37 @@ def train_toy_esd(method: str, out: Path, model: str = "toy") -> Path:
     finally:
         torch.set_num_threads(threads)
     return out
+
+
+#: the closed-form edits (UCE, RECE) at their authors' defaults, aimed at the concept word.
+#: The toy's tokenizer is character-level, so "the concept's last token" is the letter 'a' in
+#: context: these edits have little to act on, and `toy check` reports their effect without a
+#: planted target (measured: see the README's known-answers table).
+def toy_closed_form(method: str) -> Any:
+    from analysis.erase.rece import ReceSettings
+    from analysis.erase.uce import UceSettings
+
+    settings = {"uce": UceSettings, "rece": ReceSettings}
+    if method not in settings:
+        raise AuditError(f"toy closed-form method {method!r} is unknown; use uce or rece")
+    return settings[method](concept=[CONCEPT_WORD])
+
+
+def train_toy_closed_form(method: str, out: Path, model: str = "toy") -> Path:
+    """Edit `model` with UCE or RECE (`toy_closed_form`) into `out` (kept if already this
+    recipe's file); one thread, as for ESD."""
+    from analysis.erase.rece import train_rece
+    from analysis.erase.uce import erase_uce
+    from analysis.generation.models import load_model
+
+    settings = toy_closed_form(method)
+    import torch
+
+    loaded = load_model(model, device="cpu", dtype="float32")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        (erase_uce if method == "uce" else train_rece)(loaded, settings, Path(out))
+    finally:
+        torch.set_num_threads(threads)
+    return Path(out)
