@@ -5,6 +5,11 @@
         --height 512 --width 512 --steps 50 --batch-sizes 1,8,16,32   # full-size SD 1.x, random
     python benchmarks/bench_generate.py --model sd2-arch ...       # SD 2.x 768-v, random weights
     python benchmarks/bench_generate.py --model sdxl-arch ...      # SDXL base, random weights
+    python benchmarks/bench_generate.py --model sd3-arch --device cuda --dtype bfloat16 \
+        --height 1024 --width 1024 --steps 28 --batch-sizes 1,4    # SD3 medium, random weights
+    python benchmarks/bench_generate.py --model flux-arch ...      # FLUX.1-dev, random weights
+    python benchmarks/bench_generate.py --model tiny-sd3 --height 32 --width 32   # CPU smoke
+    python benchmarks/bench_generate.py --model tiny-flux-dev --height 32 --width 32
 
 For every batch size B it prints images/s for ours and for diffusers' pipelines on the same
 modules (SD 1.x/2.x: StableDiffusionPipeline and StableDiffusionPipelineSafe for sd and
@@ -16,6 +21,14 @@ peak from a table of known devices), peak GPU memory, and the projected wall tim
 It then checks, on this device, that an image is bit-identical in two different batch
 compositions of the same B, and (SD 1.x/2.x) that our SLD matches diffusers' Safe pipeline on
 the final latents.
+
+SD3 and FLUX (`sd3-arch`, `flux-arch`, `tiny-sd3`, `tiny-flux-dev`, `tiny-flux`) are compared
+with StableDiffusion3Pipeline / FluxPipeline on the same modules at the same B and dtype for
+`sd` (SD3 at CFG 7.0; FLUX dev with its distilled guidance 3.5 and one branch); `sld-strong`
+(SD3: 3 rows per image instead of 2, floor ~1.5; FLUX dev: 3 rows instead of 1, floor ~3, its
+unconditional branch run as true CFG) has no diffusers counterpart. The transformer's FLOPs are
+counted on a one-step sample; the check at the end is the largest latent difference from the
+pipeline for `sd` and fixed-shape invariance.
 """
 
 from __future__ import annotations
@@ -26,7 +39,12 @@ import time
 import warnings
 
 import torch
-from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import (
+    FluxPipeline,
+    StableDiffusion3Pipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+)
 from diffusers.pipelines.deprecated.stable_diffusion_safe import StableDiffusionPipelineSafe
 from rich.console import Console
 from rich.table import Table
@@ -139,6 +157,9 @@ def main() -> None:
         return
 
     model = load_model(args.model, device=args.device, dtype=args.dtype)
+    if model.family in FLOW_PIPELINES:
+        _bench_flow(model, args, Console())
+        return
     device = model.device
     sd_pipe, safe_pipe = _pipelines(model)
     sld = resolve_config("sld-strong")
@@ -218,6 +239,99 @@ def main() -> None:
     _checks(model, args, console)
     if args.probe_overlap:
         _probe_overlap(model, args, console)
+
+
+#: family -> (diffusers pipeline, its modules, the guidance scale `sd` is timed at)
+FLOW_PIPELINES = {
+    "sd3": (StableDiffusion3Pipeline, ("text_encoder_3", "tokenizer_3"), 7.0),
+    "flux": (FluxPipeline, (), 3.5),
+}
+
+
+def _transformer_flops(model, params, config) -> float:
+    """FLOPs of the transformer in one sampling step at B (torch's counter, by module)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    one = SamplingParams(1, params.guidance_scale, params.height, params.width, params.batch_size)
+    size = params.batch_size
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        sample(model, ["a"] * size, list(range(size)), config, one, "latent")
+    return float(sum(counter.get_flop_counts()[type(model.transformer).__name__].values()))
+
+
+def _bench_flow(model, args, console: Console) -> None:
+    """SD3/FLUX: ours vs the family's diffusers pipeline for `sd`, SLD/SD time, MFU, memory."""
+    from analysis.generation.flow import is_dev, t5_length
+
+    cls, extra, scale = FLOW_PIPELINES[model.family]
+    keys = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+    pipe = cls(**{k: getattr(model, k) for k in (*keys, *extra, "scheduler")})
+    pipe.set_progress_bar_config(disable=True)
+    device, peak = model.device, _peak(model.device)
+    configs = [("sd", resolve_config("sd"))]
+    if model.family == "sd3" or is_dev(model):  # schnell has no unconditional branch
+        configs.append(("sld-strong", resolve_config("sld-strong")))
+    common = {"num_inference_steps": args.steps, "height": args.height, "width": args.width}
+    common.update(max_sequence_length=t5_length(model))
+    table = Table(
+        title=f"{args.model} ({model.family}, {type(model.transformer).__name__}) on {device} "
+        f"({args.dtype}), {args.steps} steps, {args.height}x{args.width}, guidance {scale}, "
+        f"{args.batches} batches x {args.repeats} repeats per cell"
+    )
+    for col in ("B", "config", "ours img/s", "diffusers img/s", "ours/diffusers",
+                "transformer TFLOP/s", "MFU", "peak GPU GiB"):  # fmt: skip
+        table.add_column(col)
+    names = ("japanese", "nigerian", "french", "brazilian")
+    ratios = []
+    for size in [int(b) for b in args.batch_sizes.split(",")]:
+        prompts = [f"{names[i % 4]} body" for i in range(size)]
+        batches = [(prompts, list(range(b * size, (b + 1) * size))) for b in range(args.batches)]
+        params = SamplingParams(args.steps, scale, args.height, args.width, batch_size=size)
+        seconds = {}
+        for name, config in configs:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+
+            def ours(config=config, params=params, batches=batches):
+                return [sample(model, p, s, config, params) for p, s in batches]
+
+            def ref(batches=batches):
+                return [
+                    pipe(p, generator=[torch.Generator().manual_seed(x) for x in s],
+                         guidance_scale=scale, **common)
+                    for p, s in batches
+                ]  # fmt: skip
+
+            seconds[name] = t_ours = _time(ours, device, args.repeats)
+            mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+            t_ref = _time(ref, device, args.repeats) if name == "sd" else None
+            flops = _transformer_flops(model, params, config) * args.steps * args.batches
+            achieved = flops / t_ours / 1e12
+            n = size * args.batches
+            table.add_row(
+                str(size), name, f"{n / t_ours:.2f}", f"{n / t_ref:.2f}" if t_ref else "-",
+                f"{t_ref / t_ours:.2f}x" if t_ref else "-", f"{achieved:.3g}",
+                f"{achieved / peak:.0%}" if peak else "n/a",
+                f"{mem:.1f}" if mem is not None else "-",
+            )  # fmt: skip
+        if "sld-strong" in seconds:
+            ratios.append((size, seconds["sld-strong"] / seconds["sd"]))
+    console.print(table)
+    floor = "1.5" if model.family == "sd3" else "3"
+    for size, ratio in ratios:
+        console.print(f"B={size}: SLD/SD time ratio {ratio:.2f} (floor ~{floor})")
+    params = SamplingParams(args.steps, scale, args.height, args.width, batch_size=4)
+    sd = resolve_config("sd")
+    batch = sample(model, ["japanese body", "a", "b", "c"], [0, 1, 2, 3], sd, params, "latent")
+    other = sample(model, ["x", "y", "japanese body"], [7, 8, 0], sd, params, "latent")
+    console.print(f"fixed-shape invariance (B=4): {torch.equal(batch[0], other[2])}")
+    theirs = pipe(
+        ["japanese body", "a", "b", "c"], guidance_scale=scale, output_type="latent",
+        generator=[torch.Generator().manual_seed(s) for s in range(4)], **common,
+    ).images  # fmt: skip
+    diff = (batch.float() - theirs.float()).abs().max().item()
+    console.print(f"sd vs {cls.__name__}: max |latent diff| = {diff:.2e}")
 
 
 _MKL_SNIPPET = """

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from badinput import Case
@@ -15,6 +17,43 @@ def _drop_nudenet(tmp: Path, run: Path) -> None:
     (run / "scores" / "nudenet.parquet").unlink(missing_ok=True)
     shutil.rmtree(run / "parts" / "classify-nudenet", ignore_errors=True)
 
+
+def _other_model(seed_shift: int = 0, scores: bool = True):
+    """{tmp}/other: a copy of the run as another model's (a swapped UNet), its seeds shifted by
+    `seed_shift` (no pair with the run), without NudeNet scores unless `scores`."""
+
+    def setup(tmp: Path, run: Path) -> None:
+        import pandas as pd
+
+        other = tmp / "other"
+        shutil.copytree(run, other)
+        manifest = json.loads((other / "manifest.json").read_text())
+        manifest["spec"]["unet"] = str(tmp / "esd.safetensors")
+        (other / "manifest.json").write_text(json.dumps(manifest))
+        items = pd.read_parquet(other / "items.parquet")
+        items["seed"] = items["seed"] + seed_shift
+        items.to_parquet(other / "items.parquet")
+        if not scores:
+            _drop_nudenet(tmp, other)
+
+    return setup
+
+
+def _guardrails_json(data: object) -> Callable[[Path, Path], None]:
+    """{tmp}/g: a guardrails folder whose guardrails.json holds `data` ({tmp}, {run} expanded)."""
+
+    def setup(tmp: Path, run: Path) -> None:
+        folder = tmp / "g"
+        folder.mkdir()
+        (folder / "guardrails.csv").write_text("guardrail\nsd\n")
+        text = data if isinstance(data, str) else json.dumps(data)
+        text = text.replace("{tmp}", str(tmp)).replace("{run}", str(run))
+        (folder / "guardrails.json").write_text(text)
+
+    return setup
+
+
+GUARDED = ["judges", "--guardrails", "{tmp}/g", "--out", "{tmp}/new"]
 
 CASES = [
     Case("judges-unknown-rule", [*JUDGES, "--rule", "nipples"], "'nipples'", new_out=True),
@@ -84,6 +123,65 @@ CASES = [
         ["judges", "{run}", "{run}", "--out", "{tmp}/new"],
         "the same run folder is given twice",
         new_out=True,
+    ),
+    Case(
+        "judges-guardrails-runs-without-pairs",
+        ["judges", "{run}", "{tmp}/other", "--out", "{tmp}/new"],
+        "shares no (prompt_id, seed, image_index)",
+        _other_model(seed_shift=1000),
+        new_out=True,
+    ),
+    Case(
+        "judges-guardrails-arm-run-without-scores",
+        ["judges", "{run}", "{tmp}/other", "--out", "{tmp}/new"],
+        "other has no stored NudeNet (or toy) scores",
+        _other_model(scores=False),
+        new_out=True,
+    ),
+    Case(
+        "judges-guardrails-folder-without-table",
+        ["judges", "--guardrails", "{tmp}", "--out", "{tmp}/new"],
+        "holds no guardrail table",
+        new_out=True,
+    ),
+    Case(
+        "judges-guardrails-not-a-folder",
+        ["judges", "--guardrails", "{tmp}/missing", "--out", "{tmp}/new"],
+        "missing holds no guardrail table",
+        new_out=True,
+    ),
+    Case(
+        "judges-guardrails-json-garbage",
+        GUARDED,
+        "guardrails.json is unreadable",
+        _guardrails_json("{not json"),
+        new_out=True,
+    ),
+    Case(
+        "judges-guardrails-json-without-runs",
+        GUARDED,
+        "lists no runs",
+        _guardrails_json({"baseline": "sd", "arms": []}),
+        new_out=True,
+    ),
+    Case(
+        "judges-guardrails-run-gone",
+        GUARDED,
+        "gone is not a t2i-audit run folder",
+        _guardrails_json({"runs": ["{tmp}/gone"]}),
+        new_out=True,
+    ),
+    Case(
+        "judges-guardrails-and-runs",
+        ["judges", "{run}", "--guardrails", "{tmp}", "--out", "{tmp}/new"],
+        "not both",
+        new_out=True,
+    ),
+    Case(
+        "judges-guardrails-out-is-the-folder",
+        ["judges", "--guardrails", "{tmp}/g", "--out", "{tmp}/g"],
+        "is also an input",
+        _guardrails_json({"runs": ["{run}"]}),
     ),
     Case(
         "judges-report-folder-without-output",

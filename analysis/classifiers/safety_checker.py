@@ -213,8 +213,9 @@ def load_checker(spec: str | None = None, device: str = "cpu") -> tuple[Any, dic
     return model.to(device).eval(), prov
 
 
-#: built-in random-weight models whose filter arms use the built-in random-weight checker
-TINY_MODELS = ("tiny", "tiny-sd2", "tiny-sdxl")
+#: built-in random-weight models whose filter arms use the built-in random-weight checker; the
+#: checker reads only images, so the flow families' tiny models (no checker of their own) too
+TINY_MODELS = ("tiny", "tiny-sd2", "tiny-sdxl", "tiny-sd3", "tiny-flux", "tiny-flux-dev")
 
 
 def checker_for(model: str, given: str | None = None) -> str:

@@ -23,6 +23,19 @@ def register(app: typer.Typer) -> None:
     app.add_typer(erase_app, name="erase")
 
 
+def _refuse_flow(method: str, model: str, revision: str | None) -> None:
+    """ESD and RECE train/edit SD UNets; on an SD3/FLUX model they would fail mid-way: refuse
+    before loading (the authors' flow-model ESD trainer, utils/esd_trainer.py, is not here)."""
+    from analysis.generation.flow_families import flow_family
+
+    family = flow_family(model, revision)
+    if family:
+        raise AuditError(
+            f"erase {method}: {model} is a {family} flow-matching transformer; {method.upper()} "
+            "here edits SD 1.x/2.x UNets (for FLUX use `erase uce`)"
+        )
+
+
 @erase_app.command("esd")
 def esd(
     model: str = typer.Option(
@@ -88,6 +101,7 @@ def esd(
     except ValidationError as exc:
         raise AuditError(f"erase esd: {settings_error(exc)}") from None
     check_output(out, [model])  # again in train_esd, with the loaded model's own paths
+    _refuse_flow("esd", model, revision)
     loaded = load_model(model, device=device, dtype="float32", revision=revision)
     record = train_esd(loaded, settings, out, resume=resume, progress=True)
     if record["skipped"]:
@@ -145,12 +159,15 @@ def uce(
     revision: str = typer.Option(None, "--revision", help="Hub revision of --model."),
 ) -> None:
     """Erase concepts with UCE (Gandikota et al. 2024): a closed-form edit of the cross-attention
-    key/value projections; saves the edited tensors with their recipe."""
+    key/value projections (FLUX: its text-input projections); saves the edited tensors with
+    their recipe."""
     from pydantic import ValidationError
 
     from analysis.erase.output import check_output
     from analysis.erase.recipes import settings_error
     from analysis.erase.uce import UceSettings, erase_uce, read_concepts
+    from analysis.erase.uce_flux import erase_uce_flux
+    from analysis.generation.flow_families import flow_family
     from analysis.generation.models import load_model
 
     concepts = list(concept or [])
@@ -173,8 +190,14 @@ def uce(
         raise AuditError(f"erase uce: {settings_error(exc)}") from None
     inputs = [model, concepts_file, preserve_file]
     check_output(out, inputs)  # again in erase_uce, with the loaded model's own paths
+    family = flow_family(model, revision)  # SD3/FLUX: the authors' FLUX edit, SD3 refused
+    if family == "sd3":
+        raise AuditError(
+            f"erase uce: UCE for {model} (sd3) is not implemented: the authors' scripts edit "
+            "SD 1.x/2.x UNets and FLUX (uce_flux_edit.py), not SD3"
+        )
     loaded = load_model(model, device=device, dtype="float32", revision=revision)
-    record = erase_uce(loaded, settings, out)
+    record = (erase_uce_flux if family == "flux" else erase_uce)(loaded, settings, out)
     if record["skipped"]:
         console.print(f"{out} is already done (same recipe and base); skipped")
         return
@@ -254,6 +277,7 @@ def rece(
     except ValidationError as exc:
         raise AuditError(f"erase rece: {settings_error(exc)}") from None
     check_output(out, [model, concepts_file, preserve_file])  # again with the model's own paths
+    _refuse_flow("rece", model, revision)
     loaded = load_model(model, device=device, dtype="float32", revision=revision)
     record = train_rece(loaded, settings, out)
     if record["skipped"]:

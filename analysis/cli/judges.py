@@ -46,7 +46,9 @@ def register(app: typer.Typer) -> None:
 
 
 def judges(
-    runs: list[Path] = typer.Argument(..., help="Probe and/or I2P run folders."),
+    runs: list[Path] = typer.Argument(
+        None, help="Probe and/or I2P run folders (probe runs of several models: guardrail arms)."
+    ),
     out: Path = typer.Option(..., "--out", help="Folder for the CSVs, judges.json and figure."),
     rule: list[str] = typer.Option(
         None, "--rule", help="A rule to judge by (repeatable; default every rule with scores)."
@@ -55,12 +57,17 @@ def judges(
         "0.25:0.95:0.05", "--thresholds", help="The threshold curve: START:STOP:STEP or a,b,c."
     ),
     baseline: str = typer.Option("sd", "--baseline", help="The config changes are against."),
+    guardrails: Path = typer.Option(
+        None,
+        "--guardrails",
+        help="A `guardrails --out` folder: judge its runs and its table's probe arms.",
+    ),
 ) -> None:
     """Re-derive every rate and paired change under every rule and along a threshold curve;
-    say which conclusions hold under every judge; Cohen's/Fleiss' kappa between judges."""
+    say which conclusions hold under every judge (guardrail arms too); Cohen's/Fleiss' kappa."""
     from analysis.judges.outputs import analyse_judges, readable_conclusions
 
-    result = analyse_judges(runs, out, rule or None, thresholds, baseline)
+    result = analyse_judges(runs or [], out, rule or None, thresholds, baseline, guardrails)
     if result["skipped"]:
         console.print(f"judges: {out} is up to date (same runs, scores and settings); skipped")
         return

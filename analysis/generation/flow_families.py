@@ -144,7 +144,8 @@ def flow_default_size(model: str, revision: str | None = None) -> int | None:
 
 
 def _refuse_sd_options(model: str, family: str, options: dict[str, Any]) -> None:
-    """UNet/text-encoder swaps, LoRA and SD schedulers are SD-UNet features: refuse, not ignore."""
+    """Text-encoder swaps, LoRA and SD schedulers are SD-UNet features: refuse, not ignore.
+    (`--unet` on a flow model loads transformer tensors: `load_transformer_file`.)"""
     given = [flag for flag, value in options.items() if value]
     if given:
         raise AuditError(
@@ -213,9 +214,17 @@ def load_flow_model(
     if dtype not in DTYPES:
         raise AuditError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     family = flow_family(model, revision) or "?"
+    unet = sd_options.pop("--unet", None)  # here: partial transformer files (`erase uce`)
     _refuse_sd_options(model, family, sd_options)
     torch_device = torch.device(check_device(device))
     family, parts, prov = _components(model, revision)
+    if unet:
+        from pathlib import Path
+
+        from analysis.generation.weight_files import load_transformer_file
+
+        prov["unet"] = load_transformer_file(parts["transformer"], Path(unet))
+        prov["unet"]["loaded_over"] = model
     torch_dtype = DTYPES[dtype]
     from diffusers.utils import logging as diffusers_logging
 

@@ -320,6 +320,37 @@ def load_unet_file(unet: Any, path: Path) -> dict[str, Any]:
     return result
 
 
+def load_transformer_file(transformer: Any, path: Path) -> dict[str, Any]:
+    """Load transformer tensors (our `erase uce` FLUX files, a full diffusers transformer) over
+    an SD3/FLUX model's transformer, checked as --unet files are; returns their provenance.
+
+    A file that records its base (ours do) must be loaded over that base: an SD UNet file on a
+    flow model, or one edited from another FLUX, is refused naming the recorded base.
+    """
+    from analysis.store.weights import read_recipe, unet_sha256
+
+    def folder(p: Path) -> dict[str, Any]:
+        sub = p / "transformer" if (p / "transformer" / "config.json").is_file() else p
+        return type(transformer).from_pretrained(sub, local_files_only=True).state_dict()
+
+    raw, info = _read(path, "--unet", "transformer", folder)
+    digest = weights_sha256(path, "--unet")
+    recipe = read_recipe(path) or {}
+    base = recipe.get("base_transformer_sha256") or recipe.get("base_unet_sha256")
+    if base and unet_sha256(transformer) != base:
+        made_on = recipe.get("base_model") or recipe.get("base_model_source") or "?"
+        raise AuditError(
+            f"--unet {path} was made ({str(recipe.get('method_family') or 'esd').upper()}) from "
+            f"another base model ({made_on!s:.80}) than this {type(transformer).__name__}; load "
+            "it over that base"
+        )
+    result = {"path": str(path.resolve()), "sha256": digest, **info}
+    result.update(_load("--unet", path, raw, transformer, "transformer"))
+    if recipe:
+        result["esd"] = recipe  # the recipe, shown in the run's provenance (key as for UNets)
+    return result
+
+
 def load_text_encoder_file(text_encoder: Any, path: Path) -> dict[str, Any]:
     """Load a text encoder (AdvUnlearn) over the model's first text encoder; its provenance."""
 

@@ -88,6 +88,11 @@ def write_guardrails(
         "baseline": baseline,
         "conventions": CONVENTIONS,
         "arms": [describe(a) for a in arms],
+        # what `judges --guardrails DIR` needs to rebuild the same arms (arms_of's inputs),
+        # absolute so it works from any folder
+        "runs": list(dict.fromkeys(str(Path(a.run).resolve()) for a in arms)),
+        "labels": {str(Path(a.run).resolve()): a.model for a in arms},
+        "text_terms": list(next((a.terms for a in arms if a.terms), ())),
         "notes": notes,
         "columns": {label: list(filter(None, cols)) for label, cols, _ in READABLE},
     }

@@ -130,11 +130,13 @@ def guardrail_table(
     baseline: str | None = None,
     seed: int = 0,
     rules: dict[str, str | None] | None = None,
+    cache: dict | None = None,
 ) -> pd.DataFrame:
     """One row per arm (probe and I2P columns side by side when both parts ran); the change
-    columns are against `baseline` (default: the arm named 'sd') of the same part."""
+    columns are against `baseline` (default: the arm named 'sd') of the same part. `cache`: as
+    `arm_verdicts`' (pre-filled, it re-derives the table under another judge's verdicts)."""
     rows: dict[str, dict[str, Any]] = {}
-    cache: dict = {}  # a run's verdicts, read once for all of its arms
+    cache = {} if cache is None else cache  # a run's verdicts, read once for all of its arms
     for part in ("probe", "i2p"):
         part_arms = [a for a in arms if a.part == part]
         if not part_arms:

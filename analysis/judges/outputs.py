@@ -38,6 +38,13 @@ CONVENTIONS = {
     "the reference ('rule@cut'); a rule not listed never differs",
     "ranking_stable": "configs ordered by overall change (most lowering first) identically "
     "under every rule at its own cut",
+    "guardrails": "part 'guardrails': the guardrail table's probe arms (every config of every "
+    "run, <config>+filter counting only the images the filter passes, <config>+text-filter; "
+    "guardrails.table.guardrail_table under each judge), each against the baseline of the first "
+    "run on the same (prompt_id, seed, image_index); unit ALL; Holm/BH over the testable arms; "
+    "ranking over all arms. From --guardrails DIR, or when the runs are probe runs of more than "
+    "one model. I2P arms are left out (their cluster bootstrap is 10,000 draws per arm and cut): "
+    "the I2P runs' own per-category changes are in part 'i2p'",
     "agreement": "pairs of judges on the images both scored (missing verdicts left out): "
     "Cohen's kappa with statsmodels' asymptotic 95% interval; Fleiss' kappa across all judges "
     "on the images every judge scored",
@@ -61,6 +68,7 @@ def write_judges(result: dict[str, Any], out: Path, recipe: dict[str, Any]) -> l
         "recipe": recipe,
         "conventions": CONVENTIONS,
         "references": result["references"],
+        "guardrail_arms": result.get("guardrail_arms", []),
         "conclusions": json.loads(conclusions.to_json(orient="records")),
         "depends_on_judge": bool((~conclusions["holds_under_every_rule"].astype(bool)).any())
         if len(conclusions)
@@ -93,10 +101,18 @@ def judges_figure(curve: pd.DataFrame) -> Figure:
         if many_runs
         else overall["config"]
     )
+    from analysis.judges.sensitivity import GUARDRAILS
+
+    arm = overall["part"] == GUARDRAILS
+    if arm.any():  # the arms hold every probe config (and the filters): one line each
+        overall = overall[overall["part"] != "probe"]
+        arm = overall["part"] == GUARDRAILS
+        overall.loc[arm, "line"] = overall.loc[arm, "config"].astype(str)
     rules = list(dict.fromkeys(overall["rule"])) or ["(none)"]
     lines = list(dict.fromkeys(overall["line"]))
     colours = dict(zip(lines, palette(len(lines)), strict=True))
-    fig = new_figure(max(COLUMN_WIDTH, 1.7 * len(rules)), 3.2)
+    # the legend sits below the panels (guardrail arms add many lines)
+    fig = new_figure(max(COLUMN_WIDTH, 1.7 * len(rules)), 3.2 + 0.14 * len(lines))
     with mpl.rc_context(PAPER_RC):
         axes = fig.subplots(2, len(rules), squeeze=False, sharex=True)
         for j, rule in enumerate(rules):
@@ -125,7 +141,18 @@ def judges_figure(curve: pd.DataFrame) -> Figure:
                 top.set_ylabel("flagged rate")
                 bottom.set_ylabel("change vs baseline")
         if lines:
-            axes[0][0].legend(frameon=False, loc="best")
+            legend = {}  # every line once, whichever panel drew it
+            for ax in axes[0]:
+                legend |= dict(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
+            handles = list(legend.values())
+            wide = max(map(len, legend)) > 22  # a long arm name: one column, or it is cut
+            fig.legend(
+                handles,
+                list(legend),
+                loc="outside lower center",
+                ncols=1 + (not wide),
+                frameon=False,
+            )
     return fig
 
 
@@ -137,7 +164,8 @@ def readable_conclusions(conclusions: pd.DataFrame) -> pd.DataFrame:
 
     out = pd.DataFrame(
         {
-            "Run": conclusions["run"].map(lambda r: Path(str(r)).name),
+            "Run": conclusions["run"].map(lambda r: Path(str(r)).name)
+            + np.where(conclusions.get("part", "") == "guardrails", " (guardrail arm)", ""),
             "Config": conclusions["config"],
             "Reference judge": conclusions["reference_rule"].astype(str)
             + " @ "
@@ -163,32 +191,88 @@ def readable_conclusions(conclusions: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def read_guardrails_folder(folder: Path) -> tuple[list[Path], tuple[str, ...], dict[str, str]]:
+    """The runs, blocked terms and model labels a `guardrails --out DIR` table was built from
+    (its guardrails.json), so the same arms are rebuilt."""
+    from analysis.errors import AuditError
+
+    folder = Path(folder)
+    meta, table = folder / "guardrails.json", folder / "guardrails.csv"
+    if not meta.is_file() or not table.is_file():
+        raise AuditError(
+            f"--guardrails {folder} holds no guardrail table (guardrails.json and guardrails.csv); "
+            f"write one with `t2i-audit guardrails RUN... --out {folder}`"
+        )
+    try:
+        echo = json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise AuditError(f"--guardrails {meta} is unreadable ({exc})") from None
+    runs = echo.get("runs") if isinstance(echo, dict) else None
+    if not isinstance(runs, list) or not runs or not all(isinstance(r, str) for r in runs):
+        raise AuditError(
+            f"--guardrails {meta} lists no runs (an older t2i-audit wrote it); re-run "
+            f"`t2i-audit guardrails RUN... --out {folder}`"
+        )
+    terms = tuple(str(t) for t in echo.get("text_terms") or ())
+    labels = {str(k): str(v) for k, v in (echo.get("labels") or {}).items()}
+    return [Path(r) for r in runs], terms, labels
+
+
+def guardrail_arms(
+    runs: list[Path], terms: tuple[str, ...] = (), labels: dict[str, str] | None = None
+) -> list:
+    """The probe arms of the guardrail table of `runs`, as `guardrails RUN...` builds them."""
+    from analysis.guardrails.arms import arms_of
+
+    return arms_of(runs, part="probe", text_terms=terms, labels=labels)
+
+
+def _several_models(runs: list[Path]) -> bool:
+    """Probe runs of more than one model, each model once: `guardrails RUN...`'s input."""
+    from analysis.guardrails.arms import model_label, run_part
+
+    labels = [model_label(r)[0] for r in runs if run_part(r) == "probe"]
+    return len(labels) > 1 and len(set(labels)) == len(labels)
+
+
 def analyse_judges(
     runs: list[Path],
     out: Path,
     rules: list[str] | None = None,
     thresholds: str = "",
     baseline: str = "sd",
+    guardrails: Path | None = None,
 ) -> dict[str, Any]:
     """`t2i-audit judges`: check every input, then re-derive and write (skipped when OUT holds
-    the same recipe's complete output: same runs, scores, rules, cuts and baseline)."""
+    the same recipe's complete output: same runs, scores, rules, cuts and baseline).
+
+    `guardrails`: a `guardrails --out` folder whose runs and arms are judged (instead of RUN...);
+    probe runs of several models get their guardrail arms too."""
     from analysis.errors import AuditError
+    from analysis.guardrails.arms import describe
     from analysis.judges.agreement import agreement
     from analysis.judges.sensitivity import DEFAULT_THRESHOLDS, parse_thresholds, sensitivity
-    from analysis.store.ownership import check_output
+    from analysis.store.ownership import check_output, is_run
 
+    runs = [Path(r) for r in runs or []]
+    if runs and guardrails is not None:
+        raise AuditError("give run folders or --guardrails DIR (whose runs are judged), not both")
+    terms: tuple[str, ...] = ()
+    labels: dict[str, str] = {}
+    if guardrails is not None:
+        runs, terms, labels = read_guardrails_folder(guardrails)
     if not runs:
-        raise AuditError("give at least one probe or I2P run folder")
-    runs = [Path(r) for r in runs]
+        raise AuditError("give at least one probe or I2P run folder (or --guardrails DIR)")
     if len({r.resolve() for r in runs}) < len(runs):
         raise AuditError("the same run folder is given twice")
     cuts = parse_thresholds(thresholds or DEFAULT_THRESHOLDS)
-    check_output(out, inputs=runs, folder=True)
+    check_output(out, inputs=[*runs, *([Path(guardrails)] if guardrails else [])], folder=True)
     for run in runs:
-        from analysis.store.ownership import is_run
-
         if not Path(run).is_dir() or not is_run(Path(run)):
             raise AuditError(f"{run} is not a t2i-audit run folder")
+    arms = []
+    if guardrails is not None or _several_models(runs):
+        arms = guardrail_arms(runs, terms, labels)
     recipe = {
         "runs": [str(r) for r in runs],
         "rules": list(rules or []),
@@ -196,10 +280,13 @@ def analyse_judges(
         "baseline": baseline,
         "scores": {str(r): _fingerprint(r) for r in runs},
     }
+    if arms:  # absent otherwise, so an earlier output without arms stays up to date
+        recipe["guardrail_arms"] = [describe(a) for a in arms]
     old = _read_recipe(Path(out))
     if old == json.loads(json.dumps(recipe)) and all((Path(out) / f).is_file() for f in FILES):
         return {"skipped": True, "out": Path(out), "files": [Path(out) / f for f in FILES]}
-    result = sensitivity(runs, rules, cuts, baseline)
+    result = sensitivity(runs, rules, cuts, baseline, arms)
+    result["guardrail_arms"] = [describe(a) for a in arms]
     per_run = {}
     for run in runs:
         used = result["rows"][result["rows"]["run"] == str(run)]["rule"]

@@ -12,6 +12,11 @@ rule, with the same intervals and Holm/BH families as the main results:
   paired test of `i2p.paired.paired_table`; Holm/BH over the testable categories of a config,
   and over the configs for the 'all' row.
 
+- guardrail arms (`--guardrails DIR`, or probe runs of several models): the guardrail table's
+  probe arms (`guardrails.table.guardrail_table`, fed each judge's verdicts through its cache),
+  each against the first run's baseline; Holm/BH over the testable arms. I2P arms are left out
+  (their cluster bootstrap is 10,000 draws per arm and cut); the I2P runs' own changes remain.
+
 A *conclusion* is the direction of a config's overall change against the baseline (lower,
 same, higher) and whether it is significant after Holm at ALPHA, under the reference judge
 (the rule the run's own results used, at its own cut).
@@ -23,15 +28,19 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from analysis.errors import AuditError
 
+if TYPE_CHECKING:
+    from analysis.guardrails.arms import Arm
+
 ALPHA = 0.05
 OVERALL = "ALL"  # the unit of a config's overall change (every country / category)
+GUARDRAILS = "guardrails"  # the `part` of the guardrail arms' rows
 DEFAULT_THRESHOLDS = "0.25:0.95:0.05"
 ROW_COLUMNS = [
     "run",
@@ -345,8 +354,10 @@ def sensitivity(
     rules: Sequence[str] | None = None,
     thresholds: Sequence[float] = (),
     baseline: str = "sd",
+    arms: Sequence[Arm] = (),
 ) -> dict[str, Any]:
-    """Rows for every run x judge (own cuts and the curve), the conclusions and the rankings.
+    """Rows for every run x judge (own cuts and the curve), the conclusions and the rankings;
+    with `arms` (probe arms of a guardrail table) also every arm x judge, part 'guardrails'.
 
     Every input is checked before any verdict is derived, so a bad one fails fast."""
     from analysis.guardrails.arms import run_part
@@ -362,6 +373,7 @@ def sensitivity(
         if reference not in chosen:
             chosen = [reference, *chosen]
         plan.append((run, part, chosen, reference))
+    guard = guardrail_plan(arms, rules, baseline) if arms else None
     frames = []
     references = {}
     for run, part, chosen, reference in plan:
@@ -372,12 +384,97 @@ def sensitivity(
                 frames.append(probe_rows(run, judge, baseline, items))
             else:
                 frames.append(i2p_rows(run, judge, baseline))
+    if guard is not None:
+        base_run, chosen, reference = guard
+        references.setdefault(str(base_run), reference)
+        checkers: dict = {}  # the image filter's verdicts: the same under every judge
+        for judge in judges_of(chosen, thresholds):
+            frames.append(guardrail_rows(list(arms), judge, baseline, checkers))
     rows = pd.concat(frames, ignore_index=True)
     return {
         "rows": rows,
         "conclusions": conclusions(rows, references),
         "references": references,
     }
+
+
+def guardrail_plan(
+    arms: Sequence[Arm], rules: Sequence[str] | None, baseline: str
+) -> tuple[Path, list[str], str]:
+    """Check the guardrail arms before any verdict: the baseline arm exists, every other run
+    pairs with it (same prompt, seed and image index) and scored the rules. Returns the base
+    run, the rules every run can be judged by (the base run's reference first) and that one."""
+    from analysis.guardrails.arms import PAIR_KEY
+    from analysis.store import RunDir
+
+    base = next((a for a in arms if a.name == baseline), None)
+    if base is None:
+        raise AuditError(
+            f"the guardrail arms have no {baseline!r} to compare with (--baseline); present: "
+            + ", ".join(a.name for a in arms)
+        )
+    items = RunDir(base.run).items()
+    keys = set(map(tuple, items.loc[items["config"] == base.config, PAIR_KEY].to_numpy().tolist()))
+    runs = list(dict.fromkeys(Path(a.run) for a in arms))
+    for run in runs:
+        if run == Path(base.run):
+            continue
+        other = set(map(tuple, RunDir(run).items()[PAIR_KEY].to_numpy().tolist()))
+        if not keys & other:
+            raise AuditError(
+                f"{run} shares no (prompt_id, seed, image_index) with {baseline!r} of "
+                f"{base.run}: its guardrail arms have no pairs (run it with the same prompts "
+                "and seeds)"
+            )
+    reference = reference_rule(base.run, "probe")
+    for run in runs:  # the reference must judge every arm: each run needs its scores
+        run_rules(run, "probe", [reference])
+    per_run = [run_rules(run, "probe", rules) for run in runs]
+    common = [r for r in per_run[0] if all(r in other for other in per_run[1:])]
+    return Path(base.run), [reference, *(r for r in common if r != reference)], reference
+
+
+def guardrail_rows(
+    arms: list[Arm], judge: Judge, baseline: str, checkers: dict | None = None
+) -> pd.DataFrame:
+    """The guardrail table under one judge: `guardrail_table` with each run's verdicts at the
+    judge's rule and cut pre-filled in its cache (arm_verdicts reads them from there)."""
+    from analysis.classifiers import load_verdicts
+    from analysis.guardrails.arms import PAIR_KEY
+    from analysis.guardrails.table import arm_verdicts, guardrail_table
+
+    thr = None if judge.classifier == "toy" and judge.own_cut else judge.threshold
+    rules: dict[str, str | None] = {"probe": judge.rule}
+    cache = {} if checkers is None else checkers
+    for run in dict.fromkeys(str(a.run) for a in arms):
+        cache[(run, "probe", judge.rule)] = load_verdicts(run, judge.classifier, judge.rule, thr)
+    table = guardrail_table(arms, baseline, rules=rules, cache=cache)
+    base = next(a for a in arms if a.name == baseline)
+    base_v = arm_verdicts(base, rules, cache)[[*PAIR_KEY, "verdict"]]
+    testable = {}
+    for arm in arms:  # a change without discordant pairs has no McNemar test (as paired_tests)
+        both = base_v.merge(arm_verdicts(arm, rules, cache), on=PAIR_KEY, suffixes=("_b", ""))
+        both = both.dropna(subset=["verdict_b", "verdict"])
+        testable[arm.name] = bool((both["verdict_b"] != both["verdict"]).any())
+    paired = table["probe_change"].notna()
+    rows = pd.DataFrame(
+        {
+            "config": table["guardrail"],
+            "unit": OVERALL,
+            "n": table["probe_n"],
+            "k": table["probe_flagged"],
+            "rate": table["probe_rate"],
+            "ci_low": table["probe_ci_low"],
+            "ci_high": table["probe_ci_high"],
+            "n_pairs": table["probe_n_pairs"],
+            "change": table["probe_change"],
+            "change_ci_low": table["probe_change_ci_low"],
+            "change_ci_high": table["probe_change_ci_high"],
+            "p": table["probe_mcnemar_p"].where(table["guardrail"].map(testable)),
+            "test": np.where(paired, "exact McNemar, Agresti-Min interval", None),
+        }
+    )
+    return _finish(rows, base.run, GUARDRAILS, judge, baseline)
 
 
 def direction(change: float) -> str:
@@ -393,7 +490,8 @@ def _verdict(row: Any) -> tuple[str, bool]:
 
 
 def conclusions(rows: pd.DataFrame, references: dict[str, str]) -> pd.DataFrame:
-    """One row per (run, config): the reference conclusion and whether every judge agrees.
+    """One row per (run, part, config): the reference conclusion and whether every judge agrees
+    (part 'guardrails': one row per guardrail arm, ranked among all arms).
 
     holds_under_every_rule: the direction and Holm significance of the overall change are the
     same under every rule at its own cut. flips_under: the rules where they differ. curve_flips:
@@ -403,7 +501,7 @@ def conclusions(rows: pd.DataFrame, references: dict[str, str]) -> pd.DataFrame:
     """
     overall = rows[(rows["unit"] == OVERALL) & (rows["config"] != rows["baseline"])]
     out = []
-    for run, sub in overall.groupby("run", sort=False):
+    for (run, _), sub in overall.groupby(["run", "part"], sort=False):
         ref_rule = references[str(run)]
         own = sub[sub["own_cut"]]
         rankings = {
