@@ -259,3 +259,41 @@ def test_a_saved_flux_dev_folder_is_recognised_and_sd_options_are_refused(dev, t
     assert torch.equal(_ours(folder, steps=2), _ours(dev, steps=2))
     with pytest.raises(AuditError, match=r"--lora cannot be used with tiny-sd3 \(sd3"):
         load_model("tiny-sd3", lora=str(tmp_path / "x.safetensors"))
+
+
+# --- the engine's guarantees on flow models: shards merge to the whole run, runs extend ----------
+
+
+@pytest.mark.parametrize(
+    ("name", "configs"), [("tiny-sd3", ["sd", "sld-max"]), ("tiny-flux", ["sd"])]
+)
+def test_flow_shards_and_extension_give_the_images_of_one_run(tmp_path: Path, name, configs):
+    """Sharded (3 ways, batches composed differently) and extended runs of SD3/FLUX write the
+    same PNG bytes as one fresh run: fixed-shape batching holds through the runner."""
+    from analysis.generation.prompts import prompts_from_texts
+    from analysis.generation.runner import build_spec, run_generation
+    from analysis.store import Shard
+
+    def spec(prompts, images):
+        return build_spec(
+            model=name, configs=configs, prompts=prompts_from_texts(prompts, base_seed=5),
+            images_per_prompt=images, steps=2, height=32, width=32, batch_size=2,
+        )  # fmt: skip
+
+    def pngs(run: Path) -> dict[str, bytes]:
+        return {
+            str(p.relative_to(run)): p.read_bytes() for p in sorted(run.glob("images/**/*.png"))
+        }
+
+    full = spec(["a body", "a tree", "a red car"], 3)
+    run_generation(full, tmp_path / "whole", progress=False)
+    for i in range(3):
+        run_generation(full, tmp_path / "sharded", shard=Shard(i, 3), progress=False)
+    with pytest.raises(SystemExit) as merged:
+        main(["merge", str(tmp_path / "sharded")])
+    assert merged.value.code == 0
+    assert pngs(tmp_path / "sharded") == pngs(tmp_path / "whole")
+    run_generation(spec(["a body"], 2), tmp_path / "grown", progress=False)
+    summary = run_generation(full, tmp_path / "grown", progress=False)
+    assert summary["already_done"] == 2 * len(configs)
+    assert pngs(tmp_path / "grown") == pngs(tmp_path / "whole")
