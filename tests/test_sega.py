@@ -410,6 +410,10 @@ def test_runner_warns_when_the_warm_up_outlasts_the_steps() -> None:
     assert any("sega-strong: warm-up 5 >= 5 steps" in w for w in warnings)
     assert not any("sega-max" in w for w in warnings)
     assert spec(["sega-strong"], steps=6).warnings() == []
+    # a cool-down no later than the warm-up: the edit never acts directly
+    (w,) = spec(["sega-max:edit_cooldown_steps=0,name=cool"], steps=6).warnings()
+    assert "config cool: SEGA cools down at step 0" in w
+    assert spec(["sega-max:edit_cooldown_steps=1,name=ok"], steps=6).warnings() == []
 
 
 # --- end to end ----------------------------------------------------------------------------------

@@ -174,6 +174,16 @@ class GenerationSpec(BaseModel):
                     f"config {c.name}: s_s = {c.sld.sld_guidance_scale} < 1 switches SLD off "
                     "(as in the authors' code): images equal plain SD"
                 )
+            elif (
+                c.sega is not None
+                and c.sega.edit_cooldown_steps is not None
+                and c.sega.edit_cooldown_steps <= c.sega.edit_warmup_steps
+            ):
+                out.append(
+                    f"config {c.name}: SEGA cools down at step {c.sega.edit_cooldown_steps}, "
+                    f"before or as its warm-up of {c.sega.edit_warmup_steps} ends: semantic "
+                    "guidance acts only through the momentum built before it cooled down"
+                )
             elif c.uses_concept_branch and c.warmup_steps >= self.steps:
                 out.append(
                     f"config {c.name}: warm-up {c.warmup_steps} >= {self.steps} steps, so "
