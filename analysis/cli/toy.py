@@ -22,7 +22,7 @@ toy_app = typer.Typer(
 
 def _default(field: str) -> int:
     """The shipped recipe's value, so `toy train` with no options retrains the shipped weights."""
-    from analysis.toy.train import Recipe
+    from analysis.toy.recipe import Recipe
 
     return int(Recipe.model_fields[field].default)
 
