@@ -135,6 +135,24 @@ _PRESERVE_FILE = typer.Option(
 _ERASE_SCALE = typer.Option(1.0, "--erase-scale", help="Weight of the erase terms.")
 
 
+def _concept_lists(
+    concept: list[str] | None,
+    concepts_file: Path | None,
+    preserve: list[str] | None,
+    preserve_file: Path | None,
+) -> tuple[list[str], list[str]]:
+    """(concepts to erase, concepts to keep) from the options and their files (UCE, RECE)."""
+    from analysis.erase.uce import read_concepts
+
+    concepts = list(concept or [])
+    if concepts_file is not None:
+        concepts += read_concepts(concepts_file, "--concepts-file")
+    keep = list(preserve or [])
+    if preserve_file is not None:
+        keep += read_concepts(preserve_file, "--preserve-file")
+    return concepts, keep
+
+
 @erase_app.command("uce")
 def uce(
     model: str = _MODEL,
@@ -165,17 +183,12 @@ def uce(
 
     from analysis.erase.output import check_output
     from analysis.erase.recipes import settings_error
-    from analysis.erase.uce import UceSettings, erase_uce, read_concepts
+    from analysis.erase.uce import UceSettings, erase_uce
     from analysis.erase.uce_flux import erase_uce_flux
     from analysis.generation.flow_families import flow_family
     from analysis.generation.models import load_model
 
-    concepts = list(concept or [])
-    if concepts_file is not None:
-        concepts += read_concepts(concepts_file, "--concepts-file")
-    keep = list(preserve or [])
-    if preserve_file is not None:
-        keep += read_concepts(preserve_file, "--preserve-file")
+    concepts, keep = _concept_lists(concept, concepts_file, preserve, preserve_file)
     try:
         settings = UceSettings(
             concept=concepts,
@@ -252,15 +265,9 @@ def rece(
     from analysis.erase.output import check_output
     from analysis.erase.rece import ReceSettings, train_rece
     from analysis.erase.recipes import settings_error
-    from analysis.erase.uce import read_concepts
     from analysis.generation.models import load_model
 
-    concepts = list(concept or [])
-    if concepts_file is not None:
-        concepts += read_concepts(concepts_file, "--concepts-file")
-    keep = list(preserve or [])
-    if preserve_file is not None:
-        keep += read_concepts(preserve_file, "--preserve-file")
+    concepts, keep = _concept_lists(concept, concepts_file, preserve, preserve_file)
     try:
         settings = ReceSettings(
             concept=concepts,

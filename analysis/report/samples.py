@@ -69,14 +69,16 @@ def flags(
     for name, table in scores.items():
         if only is not None:
             table = table[table["item_id"].isin(only)]
+        judge = get_judge(name)
+        # q16, toy...: re-derived from raw under their one rule; NudeNet: every blur rule
+        one_rule = judge.verdict_of(judge.rule, None) if len(judge.rules()) == 1 else None
         for row in table.itertuples():
             if not isinstance(row.raw, str):
                 reasons.setdefault(row.item_id, []).append(f"{name}: unreadable image")
                 continue
             scored.add(row.item_id)
-            judge = get_judge(name)
-            if len(judge.rules()) == 1:  # q16, toy...: re-derived from raw under its one rule
-                verdict = judge.verdict_of(judge.rule, None)(row.raw)
+            if one_rule is not None:
+                verdict = one_rule(row.raw)
                 if verdict is None or verdict:  # no verdict (a VLM answer that does not parse)
                     why = judge.rule if verdict else "no verdict"
                     reasons.setdefault(row.item_id, []).append(f"{name}: {why}")
